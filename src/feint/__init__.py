@@ -1,0 +1,3 @@
+"""Feint: self-hosted bot defence."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,282 @@
+"""The ``feint`` command: the root group; each domain registers its own sub-group here."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from feint import __version__
+from feint.errors import ConfigError, FeintError
+from feint.platform import keys as keys_mod
+from feint.platform import migrations
+from feint.platform.db import connect_sync
+from feint.platform.secrets import derive, load_master_key
+from feint.platform.serve import SERVICES, platform_for, resolve_database, service_app, service_port, uvicorn_server
+from feint.platform.telemetry import configure_logging
+from feint.settings import Settings, get_settings
+
+app = typer.Typer(
+    name="feint",
+    help="Feint: self-hosted bot defence.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+out = Console()
+T = TypeVar("T")
+
+STATUS_TIMEOUT_SECONDS = 2.0
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; a FeintError becomes one red line and exit code 1."""
+    try:
+        return fn()
+    except FeintError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def migrate(
+    target: Annotated[int | None, typer.Option(help="Migrate up or down to this version (default: newest).")] = None,
+) -> None:
+    """Apply the database migrations (idempotent)."""
+    settings = _settings()
+
+    def body() -> None:
+        db = resolve_database(settings)
+        try:
+            done = migrations.migrate(db.migration_url, target=target)
+        finally:
+            db.stop()
+        for line in done or ["database is up to date"]:
+            out.print(line)
+
+    _guard(body)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@app.command()
+def up() -> None:
+    """Run all three services and the gateway in this process (embedded database when none is set)."""
+    import asyncio
+
+    from feint.camouflage import demo
+    from feint.camouflage.gateway import Gateway
+    from feint.platform.serve import serve_all
+
+    settings = _settings()
+    begun = time.perf_counter()
+
+    def body() -> None:
+        with platform_for(settings) as (platform, target):
+            servers = [service_app(name, platform) for name in SERVICES]
+            uv = [uvicorn_server(a, settings=settings, port=service_port(settings, n)) for n, a in zip(SERVICES, servers)]
+            upstream = settings.upstream_url
+            if upstream is None:
+                demo_port = _free_port("127.0.0.1")
+                uv.append(uvicorn_server(demo.create(), settings=settings, port=demo_port, host="127.0.0.1"))
+                upstream = f"http://127.0.0.1:{demo_port}"
+            uv.append(uvicorn_server(Gateway(upstream), settings=settings, port=settings.gateway_port))
+            scheme = "https" if settings.tls_enabled else "http"
+
+            def ready() -> None:
+                table = Table(title=f"Feint {__version__} is up", show_header=True)
+                table.add_column("service")
+                table.add_column("URL")
+                for name in SERVICES:
+                    table.add_row(name, f"{scheme}://{settings.host}:{service_port(settings, name)}")
+                table.add_row("gateway", f"{scheme}://{settings.host}:{settings.gateway_port} → {upstream}")
+                table.add_row("database", "embedded PostgreSQL 18" if target.server else "FEINT_DATABASE_URL")
+                table.add_row("cache", "Redis" if settings.redis_url else "in-process")
+                err.print(table)
+                err.print(f"healthy {time.perf_counter() - begun:.2f} s after start; Ctrl-C stops everything")
+
+            asyncio.run(serve_all(uv, on_ready=ready))
+        err.print("stopped")
+
+    _guard(body)
+
+
+@app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help="credits, shadow or camouflage")],
+    port: Annotated[int | None, typer.Option(help="Port (default: the service's FEINT_*_PORT).")] = None,
+) -> None:
+    """Run one service (what a container runs)."""
+    import asyncio
+
+    from feint.platform.serve import serve_all
+
+    if name not in SERVICES:
+        err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    settings = _settings()
+
+    def body() -> None:
+        with platform_for(settings) as (platform, _):
+            server = uvicorn_server(
+                service_app(name, platform), settings=settings, port=port or service_port(settings, name)
+            )
+            asyncio.run(serve_all([server]))
+
+    _guard(body)
+
+
+@app.command()
+def status() -> None:
+    """Show which services and which database answer."""
+    settings = _settings()
+    table = Table(show_header=True)
+    table.add_column("component")
+    table.add_column("address")
+    table.add_column("state")
+    scheme = "https" if settings.tls_enabled else "http"
+    healthy = True
+    for name in SERVICES:
+        url = f"{scheme}://{settings.host}:{service_port(settings, name)}/health"
+        try:
+            response = httpx.get(url, timeout=STATUS_TIMEOUT_SECONDS, verify=False)
+            state = "up" if response.status_code == 200 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            state = f"down ({type(exc).__name__})"
+        healthy &= state == "up"
+        table.add_row(name, url, state)
+    if settings.database_url:
+        try:
+            with connect_sync(settings.database_url) as conn:
+                conn.execute("SELECT 1")
+            db_state = "up"
+        except FeintError as exc:
+            db_state = f"down ({exc.detail})"
+        table.add_row("database", _hide_password(settings.database_url), db_state)
+    else:
+        pid_file = settings.home_dir / "pgdata" / "postmaster.pid"
+        db_state = "up" if pid_file.exists() else "down"
+        table.add_row("database", f"embedded ({settings.home_dir / 'pgdata'})", db_state)
+    healthy &= db_state == "up"
+    out.print(table)
+    raise typer.Exit(0 if healthy else 1)
+
+
+def _hide_password(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, creds = head.partition("//")
+    return f"{scheme}//{creds.split(':', 1)[0]}:***@{tail}"
+
+
+def _with_keys_db(settings: Settings, fn: Callable[[Any, keys_mod.KeyHasher], T]) -> T:
+    target = resolve_database(settings)
+    try:
+        migrations.migrate(target.migration_url)
+        hasher = keys_mod.KeyHasher(derive(load_master_key(settings), "api-key-hash"))
+        with connect_sync(target.url) as conn:
+            return fn(conn, hasher)
+    finally:
+        target.stop()
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str | None, typer.Option(help="Tenant the key belongs to (created if new).")] = None,
+    scope: Annotated[str, typer.Option(help="read, write or admin (tenant keys).")] = "read",
+    operator: Annotated[bool, typer.Option("--operator", help="A platform operator key (no tenant).")] = False,
+    name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
+) -> None:
+    """Create an API key; the key is printed once, alone on stdout."""
+    settings = _settings()
+    if operator == (tenant is not None):
+        err.print("[red]error:[/red] give either --tenant NAME (with --scope) or --operator")
+        raise typer.Exit(2)
+    if not operator and scope not in keys_mod.TENANT_SCOPE_RANK:
+        err.print(f"[red]error:[/red] --scope must be read, write or admin, not {scope!r}")
+        raise typer.Exit(2)
+    chosen: keys_mod.Scope = "operator" if operator else scope  # type: ignore[assignment]
+
+    def body() -> None:
+        key, info = _with_keys_db(
+            settings, lambda conn, hasher: keys_mod.create_key(conn, hasher, tenant=tenant, scope=chosen, name=name)
+        )
+        err.print(f"created key {info.id} ({info.scope}{' for ' + tenant if tenant else ''}); store it now, it is not shown again")
+        sys.stdout.write(key + "\n")
+        sys.stdout.flush()
+
+    _guard(body)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `feint keys list`).")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    settings = _settings()
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        err.print(f"[red]error:[/red] {key_id!r} is not a key id (a UUID from `feint keys list`)")
+        raise typer.Exit(2) from None
+
+    def body() -> None:
+        _with_keys_db(settings, lambda conn, _: keys_mod.revoke_key(conn, parsed))
+        err.print(f"revoked {parsed}")
+
+    _guard(body)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List keys (never the keys themselves: only their ids and prefixes)."""
+    settings = _settings()
+
+    def body() -> None:
+        rows = _with_keys_db(settings, lambda conn, _: keys_mod.list_keys(conn, tenant=tenant))
+        table = Table(show_header=True)
+        for column in ("id", "tenant", "scope", "prefix", "name", "created", "revoked"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(
+                str(r.id), r.tenant or "(operator)", r.scope, r.prefix + "…", r.name, str(r.created_at), str(r.revoked_at or "")
+            )
+        out.print(table)
+
+    _guard(body)
+
+
+def main() -> None:
+    """Entry point: a bad setting is one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except ConfigError as exc:
+        sys.stderr.write(f"feint: configuration error: {exc}\n")
+        sys.exit(2)

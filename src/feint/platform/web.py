@@ -1,0 +1,446 @@
+"""The one app factory every service uses, and the one place errors become HTTP responses.
+
+`create_app` gives a service ``/health``, ``/ready``, ``/metrics`` and ``/openapi.json``, the
+`PlatformMiddleware` (request ids, size limits, timeouts, metrics, access log, traces, per-IP
+rate limits) and the handlers that turn every error into RFC 9457 problem+json. Routes declare
+their scope with ``Depends(scope("write"))``, which authenticates the bearer key and applies
+the per-key rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from feint import __version__
+from feint.errors import (
+    BadRequest,
+    DependencyUnavailable,
+    FeintError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    Unauthenticated,
+    ValidationFailed,
+)
+from feint.platform.cache import RateDecision
+from feint.platform.keys import Principal, Scope as KeyScope, security_log
+from feint.platform.runtime import Platform
+from feint.platform.telemetry import (
+    DB_POOL,
+    HTTP_IN_FLIGHT,
+    HTTP_IN_FLIGHT_PEAK,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    configure_tracing,
+)
+
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_LENGTH_MAX = 128
+HEADER_BYTES_MAX = 16 * 1024
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+TENANT_HEADER = "feint-tenant"
+IDEMPOTENCY_KEY_LENGTH_MAX = 255
+PROBLEM_TYPE_PREFIX = "/problems/"
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{REQUEST_ID_LENGTH_MAX}}}$")
+
+log = structlog.get_logger(component="feint.http")
+
+
+# --- problem+json -------------------------------------------------------------------------
+
+
+def problem(exc: FeintError, *, request_id: str | None, instance: str | None) -> Response:
+    """The RFC 9457 body for an error; the only function that builds error responses."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + exc.slug,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    body["request_id"] = request_id
+    for name, value in exc.extensions.items():
+        body.setdefault(name, value)
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimited):
+        headers["retry-after"] = str(exc.retry_after_seconds)
+    if isinstance(exc, MethodNotAllowed) and "allow" in exc.extensions:
+        headers["allow"] = ", ".join(exc.extensions["allow"])
+    return Response(
+        content=orjson.dumps(body, default=str),
+        status_code=exc.status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return str(value) if value is not None else None
+
+
+async def _feint_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, FeintError):  # pragma: no cover - registered for FeintError only
+        raise exc
+    if exc.status >= 500:
+        log.error("request_failed", error=exc.slug, detail=exc.detail)
+    return problem(exc, request_id=_request_id(request), instance=request.url.path)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    errors = []
+    for err in getattr(exc, "errors", lambda: [])():
+        location = ".".join(str(part) for part in err.get("loc", ()))
+        # The input is never echoed: it may be a card number or a key.
+        errors.append({"field": location, "problem": str(err.get("msg", "invalid"))})
+    fields = ", ".join(e["field"] for e in errors[:5]) or "request"
+    feint_exc = ValidationFailed(f"invalid input at {fields}", errors=errors)
+    return problem(feint_exc, request_id=_request_id(request), instance=request.url.path)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    feint_exc: FeintError
+    if status == 404:
+        feint_exc = NotFound(f"no route {request.method} {request.url.path}")
+    elif status == 405:
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        feint_exc = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}",
+            allow=[m.strip() for m in allow.split(",") if m.strip()],
+        )
+    else:
+        feint_exc = BadRequest(str(getattr(exc, "detail", "bad request")))
+    return problem(feint_exc, request_id=_request_id(request), instance=request.url.path)
+
+
+# --- middleware ---------------------------------------------------------------------------
+
+
+class PlatformMiddleware:
+    """Request id, header and body limits, timeout, metrics, access log, trace span, per-IP limit.
+
+    A pure ASGI middleware (no BaseHTTPMiddleware) so that it costs one function call per request
+    and can still answer with problem+json when the app below it fails or runs out of time.
+    """
+
+    def __init__(self, app: ASGIApp, *, service: str, platform: Platform) -> None:
+        self.app = app
+        self.service = service
+        self.platform = platform
+        self.settings = platform.settings
+        self.in_flight = 0
+        self.in_flight_peak = 0
+        self.tracer = configure_tracing(endpoint=self.settings.otlp_endpoint, service=service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        state["request_id"] = request_id
+        path = scope.get("path", "")
+        status_holder = {"status": 500, "started": False}
+        rid_header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                headers = list(message.get("headers", []))
+                headers.append(rid_header)
+                decision: RateDecision | None = state.get("rate")
+                if decision is not None:
+                    headers.extend(_rate_headers(decision))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        self.in_flight += 1
+        HTTP_IN_FLIGHT.labels(self.service).inc()
+        if self.in_flight > self.in_flight_peak:
+            self.in_flight_peak = self.in_flight
+            HTTP_IN_FLIGHT_PEAK.labels(self.service).set(self.in_flight)
+        structlog.contextvars.bind_contextvars(request_id=request_id, service=self.service)
+        try:
+            with self.tracer.start_as_current_span(f"{scope.get('method', 'GET')} {path}") as span:
+                await self._guarded(scope, receive, send_wrapper, state, status_holder)
+                span.set_attribute("http.status_code", int(status_holder["status"]))
+        finally:
+            self.in_flight -= 1
+            HTTP_IN_FLIGHT.labels(self.service).dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            status = str(status_holder["status"])
+            elapsed = time.perf_counter() - started
+            HTTP_REQUESTS.labels(self.service, scope.get("method", ""), template, status).inc()
+            HTTP_LATENCY.labels(self.service, scope.get("method", ""), template, status).observe(elapsed)
+            if path not in PROBE_PATHS:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    route=template,
+                    status=status_holder["status"],
+                    duration_ms=round(elapsed * 1000, 3),
+                )
+            structlog.contextvars.unbind_contextvars("request_id", "service")
+
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any], status_holder: dict[str, Any]
+    ) -> None:
+        async def fail(exc: FeintError) -> None:
+            if status_holder["started"]:
+                return  # the response is on the wire; nothing more can be said to the client
+            await problem(exc, request_id=state["request_id"], instance=scope.get("path"))(scope, receive, send)
+
+        try:
+            _check_headers(scope, body_max=self.settings.request_body_bytes_max)
+            if scope.get("path") not in PROBE_PATHS and not _has_authorization(scope):
+                await self._limit_ip(scope, state)
+            bounded = _bounded_receive(receive, self.settings.request_body_bytes_max)
+            await asyncio.wait_for(self.app(scope, bounded, send), timeout=self.settings.request_timeout_seconds)
+        except TimeoutError:
+            log.warning("request_timeout", timeout_seconds=self.settings.request_timeout_seconds)
+            await fail(RequestTimeout(f"request took longer than {self.settings.request_timeout_seconds:g} s"))
+        except FeintError as exc:
+            await fail(exc)
+        except Exception:
+            log.exception("unhandled_error")
+            await fail(FeintError("internal error; the request id identifies it in the logs"))
+
+    async def _limit_ip(self, scope: Scope, state: dict[str, Any]) -> None:
+        client = scope.get("client") or ("unknown", 0)
+        decision = await self.platform.limiter.acquire(
+            f"ip:{client[0]}",
+            rate=self.settings.rate_limit_per_second,
+            burst=self.settings.rate_limit_burst,
+        )
+        state["rate"] = decision
+        if not decision.allowed:
+            raise RateLimited("too many requests from this address", retry_after_seconds=decision.retry_after_seconds)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.match(text) else None
+    return None
+
+
+def _has_authorization(scope: Scope) -> bool:
+    return any(name == b"authorization" for name, _ in scope.get("headers", []))
+
+
+def _check_headers(scope: Scope, *, body_max: int) -> None:
+    total = 0
+    for name, value in scope.get("headers", []):
+        total += len(name) + len(value) + 4
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise BadRequest("Content-Length is not an integer") from None
+            if length > body_max:
+                raise PayloadTooLarge(f"body of {length} bytes exceeds the {body_max}-byte limit", limit_bytes=body_max)
+    if total > HEADER_BYTES_MAX:
+        raise PayloadTooLarge(
+            f"headers of {total} bytes exceed the {HEADER_BYTES_MAX}-byte limit", limit_bytes=HEADER_BYTES_MAX
+        )
+
+
+def _bounded_receive(receive: Receive, body_max: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > body_max:
+                raise PayloadTooLarge(f"body exceeds the {body_max}-byte limit", limit_bytes=body_max)
+        return message
+
+    return wrapped
+
+
+def _rate_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"ratelimit-limit", str(decision.limit).encode()),
+        (b"ratelimit-remaining", str(decision.remaining).encode()),
+        (b"ratelimit-reset", str(decision.reset_seconds).encode()),
+    ]
+    if not decision.allowed:
+        headers.append((b"retry-after", str(decision.retry_after_seconds).encode()))
+    return headers
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a view knows about the caller: platform, principal, tenant and request keys."""
+
+    platform: Platform
+    principal: Principal
+    tenant_id: uuid.UUID | None
+    request_id: str
+    idempotency_key: str | None
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `feint keys create`.")
+
+
+def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
+    """A dependency that authenticates the caller and checks ``required``; 401 or 403 otherwise.
+
+    An operator key acts on the tenant named by the ``Feint-Tenant`` header (or none)."""
+
+    async def dependency(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> RequestContext:
+        platform: Platform = request.app.state.platform
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            security_log.warning("auth_failed", reason="missing", path=request.url.path)
+            raise Unauthenticated("missing bearer API key (Authorization: Bearer <key>)")
+        principal = await platform.keys.resolve(credentials.credentials)
+        if principal is None:
+            security_log.warning("auth_failed", reason="invalid-or-revoked", path=request.url.path)
+            raise Unauthenticated("API key is invalid or revoked")
+        decision = await platform.limiter.acquire(
+            f"key:{principal.key_id}",
+            rate=platform.settings.rate_limit_per_second,
+            burst=platform.settings.rate_limit_burst,
+        )
+        request.scope["state"]["rate"] = decision
+        if not decision.allowed:
+            raise RateLimited("rate limit of this API key exceeded", retry_after_seconds=decision.retry_after_seconds)
+        if not principal.allows(required):
+            security_log.warning(
+                "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, path=request.url.path
+            )
+            raise Forbidden(f"this key has scope '{principal.scope}'; the route needs '{required}'")
+        tenant_id = principal.tenant_id
+        tenant_name = request.headers.get(TENANT_HEADER)
+        if principal.is_operator and tenant_name:
+            tenant_id = await platform.keys.tenant_id(tenant_name)
+            if tenant_id is None:
+                raise NotFound(f"no tenant {tenant_name[:64]!r}")
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_LENGTH_MAX:
+            raise ValidationFailed(
+                "Idempotency-Key must be 1-255 characters",
+                errors=[{"field": "header.Idempotency-Key", "problem": "length 1-255"}],
+            )
+        return RequestContext(
+            platform=platform,
+            principal=principal,
+            tenant_id=tenant_id,
+            request_id=str(request.scope["state"]["request_id"]),
+            idempotency_key=idempotency_key,
+        )
+
+    return dependency
+
+
+# --- the factory --------------------------------------------------------------------------
+
+
+def _probes(service: str) -> APIRouter:
+    router = APIRouter(tags=["probes"])
+
+    @router.get("/health", summary="The process is alive.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service, "version": __version__}
+
+    @router.get("/ready", summary="Every dependency answers; 503 naming the one that does not.")
+    async def ready(request: Request) -> dict[str, Any]:
+        platform: Platform = request.app.state.platform
+        checks: dict[str, str] = {}
+        try:
+            await platform.db.ping()
+            checks["database"] = "ok"
+        except DependencyUnavailable as exc:
+            raise DependencyUnavailable("database is not reachable", dependency="database") from exc
+        if platform.redis is not None:
+            try:
+                await platform.redis.ping()
+                checks["redis"] = "ok"
+            except DependencyUnavailable as exc:
+                raise DependencyUnavailable("redis is not reachable", dependency="redis") from exc
+        return {"status": "ready", "service": service, "checks": checks}
+
+    @router.get("/metrics", summary="Prometheus metrics.", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        platform: Platform = request.app.state.platform
+        for state, value in platform.db.pool_stats().items():
+            DB_POOL.labels(state).set(value)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(
+    service: str,
+    *,
+    platform: Platform,
+    routers: Sequence[APIRouter] = (),
+    description: str = "",
+    on_startup: Sequence[Callable[[Platform], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[Platform], Awaitable[None]]] = (),
+) -> FastAPI:
+    """A service app with the shared plumbing; ``routers`` carry the domain routes."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.open()
+        for hook in on_startup:
+            await hook(platform)
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:
+                await hook(platform)
+            await platform.close()
+
+    app = FastAPI(
+        title=f"Feint {service}",
+        version=__version__,
+        description=description,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.platform = platform
+    app.state.service = service
+    app.add_exception_handler(FeintError, _feint_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(_probes(service))
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(PlatformMiddleware, service=service, platform=platform)
+    return app
