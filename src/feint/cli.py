@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feint import __version__
+from feint.credits.cli import credits_app
 from feint.errors import ConfigError, FeintError
 from feint.platform import keys as keys_mod
 from feint.platform import migrations
@@ -33,6 +34,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
 
 err = Console(stderr=True)
 out = Console()

@@ -122,7 +122,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     feint_exc: FeintError
-    if status == 404:
+    if isinstance(exc.__cause__, FeintError):
+        # FastAPI wraps any failure while reading the body (our size limit among them) in a 400.
+        feint_exc = exc.__cause__
+    elif status == 404:
         feint_exc = NotFound(f"no route {request.method} {request.url.path}")
     elif status == 405:
         allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
@@ -292,8 +295,6 @@ def _rate_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
         (b"ratelimit-remaining", str(decision.remaining).encode()),
         (b"ratelimit-reset", str(decision.reset_seconds).encode()),
     ]
-    if not decision.allowed:
-        headers.append((b"retry-after", str(decision.retry_after_seconds).encode()))
     return headers
 
 
