@@ -50,6 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: whole processes end to end")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier, so that `make test` runs each once."""
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} needs exactly one tier marker of {TIERS}, has {tiers}")
+
+
 def require_or_skip(what: str, reason: str, *, env: str) -> None:
     """Skip with ``reason``; under ``env=1`` (CI) a missing prerequisite fails instead."""
     if os.environ.get(env) == "1":

@@ -24,8 +24,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from feint.errors import DependencyUnavailable
+from feint.platform.telemetry import tracer
 
 POOL_TIMEOUT_SECONDS = 10.0
+PING_TIMEOUT_SECONDS = 2.0
 CONNECT_TIMEOUT_SECONDS = 5
 POOL_WAITING_MAX = 2_048
 STATEMENT_TIMEOUT_MILLISECONDS = 30_000
@@ -68,24 +70,26 @@ class Database:
         await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Conn]:
+    async def connection(self, *, timeout: float = POOL_TIMEOUT_SECONDS) -> AsyncIterator[Conn]:
         """A connection in autocommit mode: each statement is its own transaction."""
         try:
-            async with self._pool.connection() as conn:
-                yield conn
+            with tracer.start_as_current_span("db.connection", attributes={"db.system": "postgresql"}):
+                async with self._pool.connection(timeout=timeout) as conn:
+                    yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise DependencyUnavailable("database unavailable", dependency="database") from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection inside one transaction: committed on exit, rolled back on any error."""
-        async with self.connection() as conn, conn.transaction():
-            yield conn
+        with tracer.start_as_current_span("db.transaction", attributes={"db.system": "postgresql"}):
+            async with self.connection() as conn, conn.transaction():
+                yield conn
 
     async def ping(self) -> float:
         """Round trip to the server in seconds; raises DependencyUnavailable when it does not answer."""
         started = time.perf_counter()
-        async with self.connection() as conn:
+        async with self.connection(timeout=PING_TIMEOUT_SECONDS) as conn:
             await conn.execute("SELECT 1")
         return time.perf_counter() - started
 

@@ -13,6 +13,7 @@ from feint.platform.cache import Cache, MemoryCache, MemoryRateLimiter, RateLimi
 from feint.platform.db import Database
 from feint.platform.keys import KeyHasher, KeyResolver
 from feint.platform.secrets import derive, load_master_key
+from feint.platform.telemetry import configure_tracing, shutdown_tracing
 from feint.settings import Settings
 
 
@@ -41,6 +42,7 @@ class Platform:
         if self._opened == 0:
             await self.db.close()
             await self.cache.close()
+            shutdown_tracing()
 
 
 def build(
@@ -50,6 +52,7 @@ def build(
 ) -> Platform:
     """Wire the platform for one process from settings and the resolved database URL."""
     master_key = load_master_key(settings)
+    configure_tracing(endpoint=settings.otlp_endpoint)
     db = Database(database_url, role=settings.database_role or None, size_max=settings.db_pool_size_max)
     redis: RedisBackend | None = None
     cache: Cache

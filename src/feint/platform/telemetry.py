@@ -76,15 +76,33 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
     )
 
 
-def configure_tracing(*, endpoint: str | None, service: str) -> trace.Tracer:
-    """A tracer that exports over OTLP/HTTP when ``endpoint`` is set; a no-op tracer otherwise."""
-    if endpoint is None:
-        return trace.NoOpTracer()
+_provider: Any = None
+
+
+def configure_tracing(*, endpoint: str | None) -> None:
+    """Install a tracer provider exporting over OTLP/HTTP when ``endpoint`` is set (once per process).
+
+    Without an endpoint the API's default no-op provider stays, so spans cost almost nothing."""
+    global _provider
+    if endpoint is None or _provider is not None:
+        return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"feint-{service}"}))
+    provider = TracerProvider(resource=Resource.create({"service.name": "feint"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
-    return provider.get_tracer("feint")
+    trace.set_tracer_provider(provider)
+    _provider = provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the exporter (spans still queued are sent now)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+tracer = trace.get_tracer("feint")

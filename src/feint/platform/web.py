@@ -51,7 +51,7 @@ from feint.platform.telemetry import (
     HTTP_IN_FLIGHT_PEAK,
     HTTP_LATENCY,
     HTTP_REQUESTS,
-    configure_tracing,
+    tracer,
 )
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -155,7 +155,6 @@ class PlatformMiddleware:
         self.settings = platform.settings
         self.in_flight = 0
         self.in_flight_peak = 0
-        self.tracer = configure_tracing(endpoint=self.settings.otlp_endpoint, service=service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -188,7 +187,7 @@ class PlatformMiddleware:
             HTTP_IN_FLIGHT_PEAK.labels(self.service).set(self.in_flight)
         structlog.contextvars.bind_contextvars(request_id=request_id, service=self.service)
         try:
-            with self.tracer.start_as_current_span(f"{scope.get('method', 'GET')} {path}") as span:
+            with tracer.start_as_current_span(f"{scope.get('method', 'GET')} {path}") as span:
                 await self._guarded(scope, receive, send_wrapper, state, status_holder)
                 span.set_attribute("http.status_code", int(status_holder["status"]))
         finally:

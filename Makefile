@@ -1,0 +1,58 @@
+# Two commands on a bare machine with Python 3.11+ and make: `make up` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+
+.PHONY: install install-dev up test lint bench format clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock
+	$(PIP) install --quiet -c requirements.lock -e .
+	@touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(PIP) install --quiet -c requirements.lock -e '.[dev]'
+	@touch $@
+
+## install: the virtualenv with the pinned runtime dependencies (what up and test build on)
+install: $(STAMP)
+
+install-dev: $(DEVSTAMP)
+
+## up: install, migrate and run the whole platform (embedded PostgreSQL when FEINT_DATABASE_URL is unset)
+up: install
+	$(BIN)/feint up
+
+## test: every test tier this machine can run, with coverage (floor 90%)
+test: install-dev
+	$(BIN)/python tests/run_tiers.py
+
+## lint: ruff and mypy --strict on src/
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy --strict src/feint
+
+format: install-dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+## bench: the benchmarks under bench/ (each prints its figures)
+bench: install-dev
+	@for script in bench/*/run.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## lock: re-resolve the pinned dependencies (needs the network)
+lock:
+	rm -rf /tmp/feint-lock && $(PYTHON) -m venv /tmp/feint-lock
+	/tmp/feint-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/feint-lock/bin/pip freeze --exclude-editable > requirements.lock
+
+clean:
+	rm -rf $(VENV) .coverage .coverage.* htmlcov .pytest_cache .mypy_cache .ruff_cache
