@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -33,6 +34,8 @@ AUTH_CACHE_SECONDS = 2.0
 AUTH_CACHE_ENTRIES_MAX = 10_000
 TENANT_NAME_LENGTH_MAX = 63
 
+# The same rule as the CHECK on tenants.name; ASCII only (no look-alike Unicode names).
+_TENANT_NAME = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{TENANT_NAME_LENGTH_MAX - 1}}}", re.ASCII)
 security_log = structlog.get_logger(component="feint.security")
 
 
@@ -87,12 +90,7 @@ def new_key() -> str:
 
 
 def validate_tenant_name(name: str) -> str:
-    ok = (
-        0 < len(name) <= TENANT_NAME_LENGTH_MAX
-        and name[0].isalnum()
-        and all(c.islower() or c.isdigit() or c in "._-" for c in name)
-    )
-    if not ok:
+    if _TENANT_NAME.fullmatch(name) is None:
         raise ValidationFailed(
             f"tenant name {name[:80]!r} is invalid",
             errors=[{"field": "tenant", "problem": "use 1-63 of a-z, 0-9, '.', '_', '-', starting alphanumeric"}],
