@@ -393,6 +393,14 @@ def _probes(service: str) -> APIRouter:
                 raise DependencyUnavailable("redis is not reachable", dependency="redis") from exc
         return {"status": "ready", "service": service, "checks": checks}
 
+    @router.get("/v1/whoami", summary="The caller's key: tenant, scope and key id.", tags=["keys"])
+    async def whoami(ctx: RequestContext = Depends(scope("read"))) -> dict[str, Any]:
+        return {
+            "key_id": str(ctx.principal.key_id),
+            "tenant": ctx.principal.tenant_name,
+            "scope": ctx.principal.scope,
+        }
+
     @router.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def metrics(request: Request) -> Response:
         platform: Platform = request.app.state.platform
