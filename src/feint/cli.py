@@ -104,7 +104,10 @@ def up() -> None:
     def body() -> None:
         with platform_for(settings) as (platform, target):
             servers = [service_app(name, platform) for name in SERVICES]
-            uv = [uvicorn_server(a, settings=settings, port=service_port(settings, n)) for n, a in zip(SERVICES, servers)]
+            uv = [
+                uvicorn_server(a, settings=settings, port=service_port(settings, n))
+                for n, a in zip(SERVICES, servers, strict=True)
+            ]
             upstream = settings.upstream_url
             if upstream is None:
                 demo_port = _free_port("127.0.0.1")
@@ -169,7 +172,8 @@ def status() -> None:
     for name in SERVICES:
         url = f"{scheme}://{settings.host}:{service_port(settings, name)}/health"
         try:
-            response = httpx.get(url, timeout=STATUS_TIMEOUT_SECONDS, verify=False)
+            # A status probe of our own loopback service: a self-signed certificate is expected.
+            response = httpx.get(url, timeout=STATUS_TIMEOUT_SECONDS, verify=False)  # noqa: S501
             state = "up" if response.status_code == 200 else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             state = f"down ({type(exc).__name__})"
@@ -232,7 +236,8 @@ def keys_create(
         key, info = _with_keys_db(
             settings, lambda conn, hasher: keys_mod.create_key(conn, hasher, tenant=tenant, scope=chosen, name=name)
         )
-        err.print(f"created key {info.id} ({info.scope}{' for ' + tenant if tenant else ''}); store it now, it is not shown again")
+        owner = f" for {tenant}" if tenant else ""
+        err.print(f"created key {info.id} ({info.scope}{owner}); store it now, it is not shown again")
         sys.stdout.write(key + "\n")
         sys.stdout.flush()
 
@@ -268,7 +273,13 @@ def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
             table.add_column(column)
         for r in rows:
             table.add_row(
-                str(r.id), r.tenant or "(operator)", r.scope, r.prefix + "…", r.name, str(r.created_at), str(r.revoked_at or "")
+                str(r.id),
+                r.tenant or "(operator)",
+                r.scope,
+                r.prefix + "…",
+                r.name,
+                str(r.created_at),
+                str(r.revoked_at or ""),
             )
         out.print(table)
 

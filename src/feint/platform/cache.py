@@ -71,7 +71,9 @@ class CircuitBreaker:
     """Closed → open after ``failures_max`` consecutive failures; after ``open_seconds`` one probe
     is let through (half-open): success closes it, failure opens it again."""
 
-    def __init__(self, name: str, *, failures_max: int = BREAKER_FAILURES_MAX, open_seconds: float = BREAKER_OPEN_SECONDS) -> None:
+    def __init__(
+        self, name: str, *, failures_max: int = BREAKER_FAILURES_MAX, open_seconds: float = BREAKER_OPEN_SECONDS
+    ) -> None:
         self.name = name
         self.failures_max = failures_max
         self.open_seconds = open_seconds
@@ -153,7 +155,7 @@ class MemoryRateLimiter:
 
 # The same rule as `take_token`, run atomically inside Redis so replicas share one bucket.
 # Time comes from the Redis server so that replicas with skewed clocks agree.
-_TOKEN_BUCKET_LUA = """
+_BUCKET_SCRIPT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
@@ -182,7 +184,7 @@ class RedisBackend:
         )
         self._prefix = prefix
         self.breaker = CircuitBreaker("redis")
-        self._bucket = self._client.register_script(_TOKEN_BUCKET_LUA)
+        self._bucket = self._client.register_script(_BUCKET_SCRIPT_LUA)
 
     async def _call(self, what: str, coro: Any) -> Any:
         if not self.breaker.allow():

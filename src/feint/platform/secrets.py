@@ -38,9 +38,7 @@ def load_master_key(settings: Settings) -> bytes:
         try:
             return decode_master_key(text)
         except ValueError as exc:
-            raise ConfigError(
-                "FEINT_MASTER_KEY_FILE", f"{path}: {exc}", "base64 of 32 random bytes"
-            ) from None
+            raise ConfigError("FEINT_MASTER_KEY_FILE", f"{path}: {exc}", "base64 of 32 random bytes") from None
     if settings.env == "production":
         raise ConfigError(
             "FEINT_MASTER_KEY", "unset while FEINT_ENV=production", "FEINT_MASTER_KEY or FEINT_MASTER_KEY_FILE"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -44,13 +45,13 @@ BUILD_INFO = Info("feint_build", "Build information.")
 BUILD_INFO.info({"version": __version__, "python": sys.version.split()[0]})
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for name in REDACTED_FIELDS.intersection(event):
         event[name] = "<redacted>"
     return event
 
 
-def _count_security(logger: Any, _: str, event: dict[str, Any]) -> dict[str, Any]:
+def _count_security(logger: Any, _: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if event.get("component") == "feint.security":
         SECURITY_EVENTS.labels(str(event.get("event", "unknown"))).inc()
     return event

@@ -22,7 +22,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,7 +43,8 @@ from feint.errors import (
     ValidationFailed,
 )
 from feint.platform.cache import RateDecision
-from feint.platform.keys import Principal, Scope as KeyScope, security_log
+from feint.platform.keys import Principal, security_log
+from feint.platform.keys import Scope as KeyScope
 from feint.platform.runtime import Platform
 from feint.platform.telemetry import (
     DB_POOL,
@@ -110,7 +111,7 @@ async def _feint_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     errors = []
-    for err in getattr(exc, "errors", lambda: [])():
+    for err in getattr(exc, "errors", list)():
         location = ".".join(str(part) for part in err.get("loc", ()))
         # The input is never echoed: it may be a card number or a key.
         errors.append({"field": location, "problem": str(err.get("msg", "invalid"))})
@@ -289,12 +290,11 @@ def _bounded_receive(receive: Receive, body_max: int) -> Receive:
 
 
 def _rate_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
-    headers = [
+    return [
         (b"ratelimit-limit", str(decision.limit).encode()),
         (b"ratelimit-remaining", str(decision.remaining).encode()),
         (b"ratelimit-reset", str(decision.reset_seconds).encode()),
     ]
-    return headers
 
 
 # --- authentication -------------------------------------------------------------------------

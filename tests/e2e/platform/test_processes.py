@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
 import ssl
@@ -103,9 +102,26 @@ def test_rate_limit_shared_across_processes_on_redis(
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -186,10 +202,14 @@ def test_feint_up_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("credits", "shadow", "camouflage", "gateway")}
     env.update({f"FEINT_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["FEINT_HOME"] = str(tmp_path / "home")
-    proc = subprocess.Popen([sys.executable, "-m", "feint", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feint", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
-        pending = {name: f"http://127.0.0.1:{port}/{'health' if name != 'gateway' else ''}" for name, port in ports.items()}
+        pending = {
+            name: f"http://127.0.0.1:{port}/{'health' if name != 'gateway' else ''}" for name, port in ports.items()
+        }
         while pending and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             for name, url in list(pending.items()):

@@ -71,7 +71,9 @@ def test_app_role_has_no_ddl(clean_db: str) -> None:
                 conn.execute(ddl)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM api_keys")
-        flags = conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()
+        flags = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
         assert flags == (False, False, False)
 
 

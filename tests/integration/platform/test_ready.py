@@ -109,7 +109,12 @@ async def test_gateway_forwards_to_upstream() -> None:
         response = await client.post("/a/b?x=1", content=b"hello", headers={"x-forwarded-for": "10.0.0.1"})
     assert response.status_code == 201 and response.content == b"made"
     assert response.headers["x-up"] == "1" and "connection" not in response.headers
-    assert seen == {"method": "POST", "url": "http://upstream/a/b?x=1", "body": b"hello", "xff": "10.0.0.1, 203.0.113.7"}
+    assert seen == {
+        "method": "POST",
+        "url": "http://upstream/a/b?x=1",
+        "body": b"hello",
+        "xff": "10.0.0.1, 203.0.113.7",
+    }
 
 
 async def test_gateway_errors() -> None:

@@ -69,7 +69,9 @@ async def test_problem_json_for_404_405_422_500(platform: Platform, api_key: Cal
         r405 = await client.delete("/health")
         assert r405.status_code == 405
         assert r405.json()["type"] == "/problems/method-not-allowed"
-        r422 = await client.post("/v1/admin", json={"amount": -1, "extra": 1}, headers={"authorization": f"Bearer {key}"})
+        r422 = await client.post(
+            "/v1/admin", json={"amount": -1, "extra": 1}, headers={"authorization": f"Bearer {key}"}
+        )
         assert r422.status_code == 422
         body = r422.json()
         assert body["type"] == "/problems/validation-failed"
@@ -101,7 +103,9 @@ async def test_auth_401_403_by_scope(platform: Platform, api_key: Callable[..., 
         op = await client.get("/v1/operator", headers={"authorization": f"Bearer {operator}", "feint-tenant": "acme"})
         assert op.status_code == 200
         assert op.json()["tenant_id"] is not None
-        missing = await client.get("/v1/operator", headers={"authorization": f"Bearer {operator}", "feint-tenant": "ghost"})
+        missing = await client.get(
+            "/v1/operator", headers={"authorization": f"Bearer {operator}", "feint-tenant": "ghost"}
+        )
         assert missing.status_code == 404
 
 
@@ -115,7 +119,9 @@ async def test_request_id_echoed_and_validated(platform: Platform) -> None:
         assert len(bad.headers["x-request-id"]) == 32
 
 
-async def test_payload_too_large(clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str]) -> None:
+async def test_payload_too_large(
+    clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str]
+) -> None:
     """A body over the limit is 413 problem+json, by Content-Length or by streamed size."""
     key = api_key(tenant="acme", scope="admin")
     built = build(make_settings(database_url=clean_db, request_body_bytes_max=64), database_url=clean_db)
@@ -132,10 +138,14 @@ async def test_payload_too_large(clean_db: str, make_settings: Callable[..., Set
         assert r2.status_code == 413
 
 
-async def test_rate_limit_in_process(clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str]) -> None:
+async def test_rate_limit_in_process(
+    clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str]
+) -> None:
     """Past the burst a key gets 429 with Retry-After and RateLimit-* headers."""
     key = api_key(tenant="acme", scope="read")
-    built = build(make_settings(database_url=clean_db, rate_limit_burst=3, rate_limit_per_second=0.5), database_url=clean_db)
+    built = build(
+        make_settings(database_url=clean_db, rate_limit_burst=3, rate_limit_per_second=0.5), database_url=clean_db
+    )
     async with serve_app(create_app("t", platform=built, routers=[_router()])) as client:
         codes = []
         for _ in range(4):

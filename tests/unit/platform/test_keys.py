@@ -13,7 +13,9 @@ pytestmark = pytest.mark.unit
 
 
 def _p(scope: str) -> Principal:
-    return Principal(key_id=uuid.uuid4(), tenant_id=None if scope == "operator" else uuid.uuid4(), tenant_name=None, scope=scope)  # type: ignore[arg-type]
+    return Principal(
+        key_id=uuid.uuid4(), tenant_id=None if scope == "operator" else uuid.uuid4(), tenant_name=None, scope=scope
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from feint.shadow.record import ascii_lower
 from feint.shadow.rules.fields import Source
 
 Op = Literal["eq", "contains", "prefix", "suffix", "glob", "regex", "null", "num"]
@@ -32,8 +33,8 @@ class Test:
     """One test of one source.
 
     ``value`` is the literal (folded unless ``cased``), the RE2 pattern (``glob``, ``regex``) or
-    the decimal number (``num``). ``needle`` is a folded literal that must occur in the source's
-    folded text for the test to pass ("" when there is none); the prefilters use it.
+    the decimal number (``num``). For a ``glob``, ``needle`` is its longest literal, folded: the
+    prefilters need it and it cannot be read back from the pattern.
     """
 
     source: Source
@@ -115,31 +116,59 @@ def negate(item: Expr) -> Expr:
     return Not(item)
 
 
-def _score(needles: frozenset[str]) -> tuple[int, int]:
-    # Prefer the alternative whose shortest literal is longest (rarer in benign traffic), then
-    # the one with fewer literals.
-    return (min((len(n) for n in needles), default=1 << 30), -len(needles))
+# Sources with a handful of common values (GET, HTTP/1.1, 200): a literal of theirs says little.
+WEAK_SOURCES: Final = frozenset({"cs_method", "cs_version", "sc_status"})
+# Which ends of a source's value the prefilter haystack delimits with a newline (the stem starts
+# the ``uri`` line; an extension follows a '.'), so a whole-value literal can carry them along.
+_DELIMITED: Final[dict[str, tuple[str, str]]] = {
+    "cs_uri_stem": ("\n", ""),
+    "cs_uri_query": ("", ""),
+    "uri_extension": (".", ""),
+}
+
+
+def _test_needle(test: Test) -> str:
+    if test.op not in LITERAL_OPS:
+        return test.needle
+    value = ascii_lower(test.value)
+    left, right = _DELIMITED.get(test.source, ("\n", "\n"))
+    if test.op == "eq":
+        return left + value + right
+    if test.op == "prefix":
+        return left + value
+    if test.op == "suffix":
+        return value + ("" if test.source == "uri_extension" else right)
+    return value
+
+
+def _score(part: frozenset[str], item: Expr) -> tuple[bool, int, int]:
+    # Prefer literals of informative sources, then the alternative whose shortest literal is
+    # longest (rarer in benign traffic), then the one with fewer literals.
+    shortest = min((len(n) for n in part), default=1 << 30)
+    return (not sources(item) <= WEAK_SOURCES, shortest, -len(part))
 
 
 def needles(expr: Expr) -> frozenset[str] | None:
-    """Folded literals of which at least one occurs in the request whenever ``expr`` holds.
+    """Folded literals of which at least one occurs in the prefilter haystack when ``expr`` holds.
 
-    ``None`` means no such set is known (the expression can hold without any literal, e.g.
-    through ``not`` or a regular expression); an empty set means the expression never holds.
+    The haystack is ``"\n" + "\n".join(folded HAYSTACK_SOURCES) + "\n"``. ``None`` means no
+    such set is known (the expression can hold without any literal, e.g. through ``not`` or a
+    regular expression); an empty set means the expression never holds.
     """
     if isinstance(expr, Test):
-        return frozenset({expr.needle}) if expr.needle else None
+        needle = _test_needle(expr)
+        return frozenset({needle}) if needle else None
     if isinstance(expr, Const):
         return None if expr.value else frozenset()
     if isinstance(expr, Not):
         return None
-    parts = [needles(item) for item in expr.items]
+    parts = [(needles(item), item) for item in expr.items]
     if isinstance(expr, And):
-        known = [part for part in parts if part is not None]
-        return max(known, key=_score) if known else None
-    if any(part is None for part in parts):
+        known = [(part, item) for part, item in parts if part is not None]
+        return max(known, key=lambda pair: _score(*pair))[0] if known else None
+    if any(part is None for part, _ in parts):
         return None
-    return frozenset().union(*(part for part in parts if part is not None))
+    return frozenset().union(*(part for part, _ in parts if part is not None))
 
 
 def sources(expr: Expr) -> frozenset[Source]:

@@ -80,7 +80,7 @@ class _Event:
     def haystack(self) -> bytes:
         low = self.low
         joined = "\n".join([low[i] for i in _HAYSTACK if low[i] is not None])  # type: ignore[misc]
-        return joined.encode("utf-8", "surrogatepass")
+        return f"\n{joined}\n".encode("utf-8", "surrogatepass")
 
 
 Predicate = Callable[[_Event], bool]

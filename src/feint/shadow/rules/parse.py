@@ -321,7 +321,6 @@ def _string_test(source: Source, value: SigmaString, *, cased: bool, context: _C
             raise context.unsupported(f"placeholder %{part.name}% (the expand modifier)")
     star = SpecialChars.WILDCARD_MULTI
     literals = [part for part in parts if isinstance(part, str)]
-    needle = ascii_lower(max(literals, key=len)) if literals else ""
     if not parts:  # '' is Sigma's "empty", and an empty value is a missing one
         return Test(source, "null")
     if parts == [star]:
@@ -330,13 +329,14 @@ def _string_test(source: Source, value: SigmaString, *, cased: bool, context: _C
         literal = literals[0]
         starts, ends = parts[0] is star, parts[-1] is star
         if len(parts) == 1:
-            return Test(source, "eq", literal, cased, needle)
+            return Test(source, "eq", literal, cased)
         if len(parts) == 2:
-            return Test(source, "suffix" if starts else "prefix", literal, cased, needle)
+            return Test(source, "suffix" if starts else "prefix", literal, cased)
         if starts and ends:
-            return Test(source, "contains", literal, cased, needle)
+            return Test(source, "contains", literal, cased)
     body = "".join(
         ".*" if part is star else "." if isinstance(part, SpecialChars) else _re2.escape(part)
         for part in parts
     )
+    needle = ascii_lower(max(literals, key=len)) if literals else ""
     return Test(source, "glob", f"(?s)^{body}$", cased, needle)
