@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from feint.shadow.record import RequestRecord, clean_text, request_line_of
 from feint.shadow.rules.fields import Source
-from feint.shadow.rules.ir import And, Const, Expr, Not, Or, Test
+from feint.shadow.rules.ir import And, Const, Expr, Not, Or, Test, sources
 
 # Longest value hostile() produces, in characters: beyond typical limits, within test budgets.
 HOSTILE_TEXT_CHARS_MAX: Final = 4_096
@@ -223,10 +223,13 @@ class _Draft:
     parts: dict[Source, list[str]] = field(default_factory=dict)
     missing: set[Source] = field(default_factory=set)
     status: int | None = None
+    used: list[Test] = field(default_factory=list)
 
 
 def _add(draft: _Draft, rng: random.Random, test: Test) -> None:
-    value = test.value if test.cased else _shuffle_case(rng, test.value)
+    draft.used.append(test)
+    literal = test.op in ("eq", "contains", "prefix", "suffix")
+    value = _shuffle_case(rng, test.value) if literal and not test.cased else test.value
     source = test.source
     if test.op == "null":
         draft.missing.add(source)
@@ -242,7 +245,12 @@ def _add(draft: _Draft, rng: random.Random, test: Test) -> None:
     elif test.op == "suffix":
         draft.suffix[source] = value
     elif test.op == "glob":
-        draft.exact[source] = _sample_glob(rng, value)
+        sample = _sample_glob(rng, value)
+        sample = sample if test.cased else _shuffle_case(rng, sample)
+        if value.startswith("(?s)^.*") and value.endswith(".*$"):
+            draft.parts.setdefault(source, []).append(sample)  # leaves room for other tests
+        else:
+            draft.exact[source] = sample
     elif test.op == "regex":
         sample = sample_regex(rng, value)
         if sample is not None:
@@ -259,11 +267,20 @@ def _collect(expr: Expr, draft: _Draft, rng: random.Random) -> None:
             _collect(item, draft, rng)
     elif isinstance(expr, Or):
         _collect(rng.choice(expr.items), draft, rng)
-    elif isinstance(expr, Not) and isinstance(expr.item, Test) and expr.item.op == "null":
-        draft.parts.setdefault(expr.item.source, []).append(_filler(rng) or "x")
-    # Other negations and constants: the random filler almost never satisfies a filter.
-    elif not isinstance(expr, (Not, Const)):  # pragma: no cover - the parse tree has no others
+    elif isinstance(expr, Not):
+        # A filter: give the sources it reads a random token (not the benign defaults, which a
+        # filter such as "host ends with .com" would match) unless something else set them.
+        for source in sources(expr.item):
+            if not _constrained(draft, source):
+                draft.parts.setdefault(source, []).append("zq" + _filler(rng) + "9")
+    elif not isinstance(expr, Const):  # pragma: no cover - the parse tree has no others
         raise TypeError(type(expr).__name__)
+
+
+def _constrained(draft: _Draft, source: Source) -> bool:
+    return any(
+        source in part for part in (draft.exact, draft.prefix, draft.suffix, draft.parts)
+    ) or source in draft.missing
 
 
 def _value(draft: _Draft, source: Source, rng: random.Random) -> str | None:
@@ -288,7 +305,15 @@ _PLAIN: Final[tuple[Source, ...]] = (
 )
 
 
-def witness(expr: Expr, rng: random.Random, request_id: str) -> RequestRecord:
+@dataclass(frozen=True)
+class Witness:
+    """A request built to fire a rule, and the tests it was built to satisfy."""
+
+    record: RequestRecord
+    tests: tuple[Test, ...]
+
+
+def witness(expr: Expr, rng: random.Random, request_id: str) -> Witness:
     """A request built to satisfy ``expr``: one alternative of each OR, every AND item."""
     draft = _Draft()
     _collect(expr, draft, rng)
@@ -314,7 +339,7 @@ def witness(expr: Expr, rng: random.Random, request_id: str) -> RequestRecord:
     status = draft.status
     if status is None and (text := value("sc_status")) is not None and text.strip("-").isdigit():
         status = int(text)
-    return RequestRecord(
+    record = RequestRecord(
         id=request_id,
         cs_uri_stem=None if "uri" in draft.missing else stem,
         cs_uri_query=query,
@@ -322,29 +347,58 @@ def witness(expr: Expr, rng: random.Random, request_id: str) -> RequestRecord:
         request_line=line,
         **fields,
     )
+    return Witness(record, tuple(draft.used))
 
 
-def near_miss(record: RequestRecord, expr: Expr, rng: random.Random) -> RequestRecord:
-    """``record`` with the literal of one satisfied test broken (one character changed)."""
-    tests = [t for t in _tests(expr) if t.op in ("eq", "contains", "prefix", "suffix")]
+_BREAKABLE: Final = ("eq", "contains", "prefix", "suffix", "glob", "null", "num")
+
+
+def near_miss(built: Witness, rng: random.Random) -> RequestRecord:
+    """The witness with one satisfied test broken: a literal's last character changed, a
+    missing value given, a status moved."""
+    record = replace(built.record, id=built.record.id + "~")
+    tests = [test for test in built.tests if test.op in _BREAKABLE]
     if not tests:
-        return replace(record, id=record.id + "~")
+        return record
     test = rng.choice(tests)
-    literal = test.value
+    if test.op == "null":
+        name = _FIELD_OF.get(test.source, "cs_uri_query")
+        return replace(record, **{name: "x"}) if name != "sc_status" else replace(record, sc_status=1)
+    if test.op == "num" or test.source == "sc_status":
+        status = record.sc_status
+        return replace(record, sc_status=None if status is None else status + 50)
+    literal = test.needle if test.op == "glob" else test.value
+    if not literal:
+        return record
     broken = literal[:-1] + ("#" if literal[-1:] != "#" else "%")
     changed: dict[str, Any] = {}
-    for name in ("cs_uri_stem", "cs_uri_query", "cs_user_agent", "cs_referer", "cs_host",
-                 "cs_method", "cs_version", "c_ip", "request_line"):  # fmt: skip
+    stem, query = record.cs_uri_stem or "", record.cs_uri_query
+    uri = stem if query is None else f"{stem}?{query}"
+    if literal.lower() in uri.lower():
+        stem, _, rest = _replace_folded(uri, literal, broken).partition("?")
+        changed["cs_uri_stem"], changed["cs_uri_query"] = stem or None, rest or None
+    for name in ("cs_user_agent", "cs_referer", "cs_host", "cs_method", "cs_version", "c_ip",
+                 "request_line"):  # fmt: skip
         current = getattr(record, name)
         if isinstance(current, str) and literal.lower() in current.lower():
-            start = current.lower().index(literal.lower())
-            changed[name] = current[:start] + broken + current[start + len(literal) :]
-    return replace(record, id=record.id + "~", **changed)
+            changed[name] = _replace_folded(current, literal, broken)
+    return replace(record, **changed)
 
 
-def _tests(expr: Expr) -> Iterator[Test]:
-    if isinstance(expr, Test):
-        yield expr
-    elif isinstance(expr, (And, Or)):
-        for item in expr.items:
-            yield from _tests(item)
+_FIELD_OF: Final[dict[str, str]] = {
+    "uri": "cs_uri_stem",
+    "uri_extension": "cs_uri_stem",
+    "cs_uri_query": "cs_uri_query",
+}
+
+
+def _replace_folded(text: str, literal: str, broken: str) -> str:
+    """Every case-insensitive occurrence of ``literal`` in ``text`` replaced by ``broken``."""
+    out: list[str] = []
+    lowered, needle = text.lower(), literal.lower()
+    start = 0
+    while (found := lowered.find(needle, start)) >= 0:
+        out.append(text[start:found] + broken)
+        start = found + len(needle)
+    out.append(text[start:])
+    return "".join(out)

@@ -1,0 +1,91 @@
+"""The gateway in front of a real nginx: what a client gets through it is what nginx sent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feint.camouflage.gateway import Gateway
+from tests.conftest import free_port
+from tests.external.conftest import debian_tool
+
+pytestmark = pytest.mark.external
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[str]:
+    """A real nginx serving a static site on its own loopback port."""
+    binary = debian_tool("nginx", "nginx")
+    port = free_port()
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>real nginx</h1>\n")
+    (root / "big.bin").write_bytes(bytes(range(256)) * 4096)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""
+            daemon off;
+            {"user root;" if os.geteuid() == 0 else ""}
+            worker_processes 1;
+            pid {tmp_path}/nginx.pid;
+            error_log {tmp_path}/error.log;
+            events {{ worker_connections 64; }}
+            http {{
+                access_log {tmp_path}/access.log;
+                client_body_temp_path {tmp_path};
+                proxy_temp_path {tmp_path};
+                fastcgi_temp_path {tmp_path};
+                uwsgi_temp_path {tmp_path};
+                scgi_temp_path {tmp_path};
+                gzip on;
+                gzip_types text/html;
+                gzip_min_length 1;
+                server {{
+                    listen 127.0.0.1:{port};
+                    root {root};
+                    location /echo {{ return 200 "$request_method $request_uri $http_x_forwarded_for\\n"; }}
+                }}
+            }}
+            """
+        )
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(base + "/", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_pass_through_is_faithful(nginx: str) -> None:
+    """Status, body (byte for byte, compressed or not) and the forwarded-for chain survive the gateway."""
+    gateway = Gateway(nginx)
+    transport = httpx.ASGITransport(app=gateway, client=("198.51.100.4", 4000))
+    async with gateway.client, httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        direct = httpx.get(nginx + "/big.bin")
+        through = await client.get("/big.bin")
+        assert through.status_code == 200
+        assert through.content == direct.content
+        gz = await client.get("/", headers={"accept-encoding": "gzip"})
+        assert gz.headers["content-encoding"] == "gzip"
+        assert gz.text == "<h1>real nginx</h1>\n"
+        echo = await client.get("/echo?a=1&b=%20x")
+        assert echo.text == "GET /echo?a=1&b=%20x 198.51.100.4\n"
+        missing = await client.get("/nope")
+        assert missing.status_code == 404
+        assert "nginx" in missing.text
