@@ -14,8 +14,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import require_or_skip
 
 APT_SECONDS_MAX = 900

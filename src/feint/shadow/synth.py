@@ -326,6 +326,10 @@ def witness(expr: Expr, rng: random.Random, request_id: str) -> Witness:
         query = rest or None
     if (given := value("cs_uri_stem")) is not None:
         stem = given
+        if uri is not None:  # both: the stem is fixed, the target's fragments go to the query
+            query = uri
+    if (given := value("cs_uri_query")) is not None:
+        query = given
     if (extension := value("uri_extension")) is not None:
         stem = (stem or "/") + f"/file.{extension}"
     if "cs_uri_query" in draft.missing or "uri" in draft.missing:

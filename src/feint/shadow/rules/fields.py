@@ -12,12 +12,13 @@ Sigma field(s)                          values from      null check on  why
 c-ip, src_ip                            c_ip             c_ip           client address
 cs-method                               cs_method        cs_method
 cs-uri-stem, c-uri-stem                 cs_uri_stem      cs_uri_stem    path only
-cs-uri-query, c-uri-query               uri              cs_uri_query   SigmaHQ writes paths into
-                                                                        these fields
-                                                                        (``cs-uri-query|endswith:
-                                                                        '/mgmt/tm/util/bash'``), so a
-                                                                        value is matched against the
-                                                                        whole target; ``null`` still
+cs-uri-query, c-uri-query               cs_uri_query     cs_uri_query   SigmaHQ uses these fields for
+                                        or uri                          the query (``startswith:
+                                                                        'cmd='``) and for paths
+                                                                        (``endswith: '/mgmt/tm/util/
+                                                                        bash'``), so a value matches
+                                                                        when it matches the query or
+                                                                        the whole target; ``null``
                                                                         means "no query string"
 cs-uri, c-uri, cs-url                   uri              uri            the request target as sent
                                                                         (absolute-form targets keep
@@ -106,37 +107,42 @@ HAYSTACK_SOURCES: Final[tuple[Source, ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class FieldMapping:
-    """Where a Sigma field's values come from; ``None`` sources mean "never recorded"."""
+    """Where a Sigma field's values come from (a test passes when it passes on any of them) and
+    what its ``null`` checks; empty/``None`` sources mean "never recorded"."""
 
-    value: Source | None
+    values: tuple[Source, ...]
     presence: Source | None
 
 
-_UNRECORDED: Final = FieldMapping(None, None)
+def _one(source: Source) -> FieldMapping:
+    return FieldMapping((source,), source)
+
+
+_UNRECORDED: Final = FieldMapping((), None)
 
 FIELD_MAP: Final[dict[str, FieldMapping]] = {
-    "c-ip": FieldMapping("c_ip", "c_ip"),
-    "src_ip": FieldMapping("c_ip", "c_ip"),
-    "cs-method": FieldMapping("cs_method", "cs_method"),
-    "cs-uri-stem": FieldMapping("cs_uri_stem", "cs_uri_stem"),
-    "c-uri-stem": FieldMapping("cs_uri_stem", "cs_uri_stem"),
-    "cs-uri-query": FieldMapping("uri", "cs_uri_query"),
-    "c-uri-query": FieldMapping("uri", "cs_uri_query"),
-    "cs-uri": FieldMapping("uri", "uri"),
-    "c-uri": FieldMapping("uri", "uri"),
-    "cs-url": FieldMapping("uri", "uri"),
-    "c-uri-extension": FieldMapping("uri_extension", "uri_extension"),
-    "c-useragent": FieldMapping("cs_user_agent", "cs_user_agent"),
-    "cs-user-agent": FieldMapping("cs_user_agent", "cs_user_agent"),
-    "cs(user-agent)": FieldMapping("cs_user_agent", "cs_user_agent"),
-    "cs-referer": FieldMapping("cs_referer", "cs_referer"),
-    "cs-referrer": FieldMapping("cs_referer", "cs_referer"),
-    "cs(referer)": FieldMapping("cs_referer", "cs_referer"),
-    "cs-host": FieldMapping("cs_host", "cs_host"),
-    "r-dns": FieldMapping("cs_host", "cs_host"),
-    "cs(host)": FieldMapping("cs_host", "cs_host"),
-    "cs-version": FieldMapping("cs_version", "cs_version"),
-    "sc-status": FieldMapping("sc_status", "sc_status"),
+    "c-ip": _one("c_ip"),
+    "src_ip": _one("c_ip"),
+    "cs-method": _one("cs_method"),
+    "cs-uri-stem": _one("cs_uri_stem"),
+    "c-uri-stem": _one("cs_uri_stem"),
+    "cs-uri-query": FieldMapping(("cs_uri_query", "uri"), "cs_uri_query"),
+    "c-uri-query": FieldMapping(("cs_uri_query", "uri"), "cs_uri_query"),
+    "cs-uri": _one("uri"),
+    "c-uri": _one("uri"),
+    "cs-url": _one("uri"),
+    "c-uri-extension": _one("uri_extension"),
+    "c-useragent": _one("cs_user_agent"),
+    "cs-user-agent": _one("cs_user_agent"),
+    "cs(user-agent)": _one("cs_user_agent"),
+    "cs-referer": _one("cs_referer"),
+    "cs-referrer": _one("cs_referer"),
+    "cs(referer)": _one("cs_referer"),
+    "cs-host": _one("cs_host"),
+    "r-dns": _one("cs_host"),
+    "cs(host)": _one("cs_host"),
+    "cs-version": _one("cs_version"),
+    "sc-status": _one("sc_status"),
     **{
         name: _UNRECORDED
         for name in (

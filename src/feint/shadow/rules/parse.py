@@ -225,7 +225,7 @@ def _field_test(field: str, value: object, context: _Context) -> Expr:
     context.response = context.response or is_response_field(field)
     if isinstance(value, SigmaExpansion):
         return any_of(_field_test(field, item, context) for item in value.values)
-    if mapping.value is None or mapping.presence is None:
+    if not mapping.values or mapping.presence is None:
         context.unrecorded.add(field.lower())
         if isinstance(value, SigmaNull):
             return TRUE
@@ -240,10 +240,23 @@ def _field_test(field: str, value: object, context: _Context) -> Expr:
         present = negate(Test(mapping.presence, "null"))
         return present if value.exists else negate(present)
     if isinstance(value, SigmaCompareExpression):
-        if mapping.value != "sc_status":
+        if mapping.values != ("sc_status",):
             raise context.unsupported(f"comparison modifier on field {field!r} (only sc-status)")
         return Test("sc_status", "num", str(value.number.number), compare=_COMPARE[value.op.name])
-    return _value_test(mapping.value, value, context)
+    tests = [_value_test(source, value, context) for source in mapping.values]
+    if len(tests) == 2 and _implied(tests[0], tests[1]):
+        return tests[1]
+    return any_of(tests)
+
+
+def _implied(query: Expr, uri: Expr) -> bool:
+    """Whether a test of the query implies the same test of the target (which ends with it)."""
+    return (
+        isinstance(query, Test)
+        and isinstance(uri, Test)
+        and query.op in ("contains", "suffix")
+        and (query.op, query.value, query.cased) == (uri.op, uri.value, uri.cased)
+    )
 
 
 def _keyword_test(value: object, context: _Context) -> Expr:
