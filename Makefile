@@ -36,13 +36,13 @@ test: install-dev
 
 ## lint: ruff and mypy --strict on src/
 lint: install-dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy --strict src/feint
 
 format: install-dev
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests $(wildcard bench)
+	$(BIN)/ruff check --fix src tests $(wildcard bench)
 
 ## bench: the benchmarks under bench/ (each prints its figures)
 bench: install-dev
