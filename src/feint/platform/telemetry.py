@@ -57,9 +57,13 @@ def _count_security(logger: Any, _: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
-def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog for the process (idempotent)."""
-    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+def configure_logging(*, level: str = "info", fmt: str = "auto", stderr: bool = False) -> None:
+    """Configure structlog for the process (idempotent).
+
+    Services log to stdout; CLI commands whose stdout is their answer (``feint keys create``
+    prints the key alone) log to stderr."""
+    stream = sys.stderr if stderr else sys.stdout
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer(colors=False) if console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
@@ -72,7 +76,8 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(),  # resolves sys.stdout per line (tests swap it)
+        # file=None resolves sys.stdout per line (tests swap it)
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr if stderr else None),
         cache_logger_on_first_use=False,
     )
 

@@ -42,7 +42,7 @@ def test_bad_setting_exits_2_naming_variable(tmp_path: Path) -> None:
 
 def test_keys_cli(clean_db: str, tmp_path: Path) -> None:
     """`feint keys create` prints the key alone on stdout; list shows it without the secret; revoke works once."""
-    env = service_env(clean_db, tmp_path)
+    env = service_env(clean_db, tmp_path, FEINT_LOG_LEVEL="info")
     created = feint("keys", "create", "--tenant", "acme", "--scope", "write", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
