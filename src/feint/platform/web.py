@@ -58,6 +58,9 @@ from feint.platform.telemetry import (
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_LENGTH_MAX = 128
 HEADER_BYTES_MAX = 16 * 1024
+# Route templates bound the label sets; methods and statuses from clients are few but unbounded.
+METRIC_LABEL_SETS_MAX = 4_096
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 TENANT_HEADER = "feint-tenant"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
@@ -156,6 +159,8 @@ class PlatformMiddleware:
         self.settings = platform.settings
         self.in_flight = 0
         self.in_flight_peak = 0
+        self._metric_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._in_flight_gauge = HTTP_IN_FLIGHT.labels(service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -182,7 +187,7 @@ class PlatformMiddleware:
             await send(message)
 
         self.in_flight += 1
-        HTTP_IN_FLIGHT.labels(self.service).inc()
+        self._in_flight_gauge.inc()
         if self.in_flight > self.in_flight_peak:
             self.in_flight_peak = self.in_flight
             HTTP_IN_FLIGHT_PEAK.labels(self.service).set(self.in_flight)
@@ -193,13 +198,15 @@ class PlatformMiddleware:
                 span.set_attribute("http.status_code", int(status_holder["status"]))
         finally:
             self.in_flight -= 1
-            HTTP_IN_FLIGHT.labels(self.service).dec()
+            self._in_flight_gauge.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             status = str(status_holder["status"])
             elapsed = time.perf_counter() - started
-            HTTP_REQUESTS.labels(self.service, scope.get("method", ""), template, status).inc()
-            HTTP_LATENCY.labels(self.service, scope.get("method", ""), template, status).observe(elapsed)
+            method = scope.get("method", "")
+            counter, histogram = self._children(method if method in KNOWN_METHODS else "OTHER", template, status)
+            counter.inc()
+            histogram.observe(elapsed)
             if path not in PROBE_PATHS:
                 log.info(
                     "request",
@@ -209,6 +216,19 @@ class PlatformMiddleware:
                     duration_ms=round(elapsed * 1000, 3),
                 )
             structlog.contextvars.unbind_contextvars("request_id", "service")
+
+    def _children(self, method: str, template: str, status: str) -> tuple[Any, Any]:
+        """The metric children of one label set, looked up once (labels() is a hot-path cost)."""
+        key = (method, template, status)
+        found = self._metric_children.get(key)
+        if found is None:
+            found = (
+                HTTP_REQUESTS.labels(self.service, method, template, status),
+                HTTP_LATENCY.labels(self.service, method, template, status),
+            )
+            if len(self._metric_children) < METRIC_LABEL_SETS_MAX:
+                self._metric_children[key] = found
+        return found
 
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any], status_holder: dict[str, Any]
@@ -223,7 +243,9 @@ class PlatformMiddleware:
             if scope.get("path") not in PROBE_PATHS and not _has_authorization(scope):
                 await self._limit_ip(scope, state)
             bounded = _bounded_receive(receive, self.settings.request_body_bytes_max)
-            await asyncio.wait_for(self.app(scope, bounded, send), timeout=self.settings.request_timeout_seconds)
+            # asyncio.timeout (not wait_for): no extra task per request.
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                await self.app(scope, bounded, send)
         except TimeoutError:
             log.warning("request_timeout", timeout_seconds=self.settings.request_timeout_seconds)
             await fail(RequestTimeout(f"request took longer than {self.settings.request_timeout_seconds:g} s"))
