@@ -24,6 +24,7 @@ from feint.platform.secrets import derive, load_master_key
 from feint.platform.serve import SERVICES, platform_for, resolve_database, service_app, service_port, uvicorn_server
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
+from feint.shadow.rules_cli import rules_app
 
 app = typer.Typer(
     name="feint",
@@ -35,6 +36,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
+app.add_typer(rules_app, name="rules")
 
 err = Console(stderr=True)
 out = Console()
@@ -43,9 +45,10 @@ T = TypeVar("T")
 STATUS_TIMEOUT_SECONDS = 2.0
 
 
-def _settings() -> Settings:
+def _settings(*, serving: bool = False) -> Settings:
+    """Settings, and logs configured: to stdout for the services, to stderr for commands."""
     settings = get_settings()
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, stderr=not serving)
     return settings
 
 
@@ -98,7 +101,7 @@ def up() -> None:
     from feint.camouflage.gateway import Gateway
     from feint.platform.serve import serve_all
 
-    settings = _settings()
+    settings = _settings(serving=True)
     begun = time.perf_counter()
 
     def body() -> None:
@@ -147,7 +150,7 @@ def serve(
     if name not in SERVICES:
         err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = _settings(serving=True)
 
     def body() -> None:
         with platform_for(settings) as (platform, _):
@@ -282,6 +285,56 @@ def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
                 str(r.revoked_at or ""),
             )
         out.print(table)
+
+    _guard(body)
+
+
+@keys_app.command("rotate-data-key")
+def keys_rotate_data_key(
+    keyset: Annotated[str, typer.Option(help="Data keyset to rotate.")] = "credits-payment-data",
+) -> None:
+    """Add a new primary key to a data keyset; data encrypted before stays readable."""
+    from feint.platform import crypto
+
+    settings = _settings()
+
+    def body() -> None:
+        provider = crypto.LocalMasterKey(load_master_key(settings))
+        before, after = _with_keys_db(
+            settings, lambda conn, _: crypto.rotate_data_key(conn, provider=provider, name=keyset)
+        )
+        err.print(
+            f"keyset {keyset}: primary key {before.primary_key_id} → {after.primary_key_id} "
+            f"({len(after.key_ids)} keys); run `feint keys reencrypt` to move old data forward"
+        )
+
+    _guard(body)
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    keyset: Annotated[str | None, typer.Option(help="Only columns of this keyset (default: all).")] = None,
+) -> None:
+    """Re-encrypt every registered column with its keyset's primary key (after rotate-data-key)."""
+    from rich.progress import Progress
+
+    from feint.platform import crypto
+
+    settings = _settings()
+
+    def body() -> None:
+        provider = crypto.LocalMasterKey(load_master_key(settings))
+        columns = crypto.registered_columns(keyset)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("re-encrypting", total=None)
+            moved = _with_keys_db(
+                settings,
+                lambda conn, _: crypto.reencrypt(
+                    conn, provider=provider, columns=columns, progress=lambda _c, rows: progress.advance(task, rows)
+                ),
+            )
+        for column, count in moved.items():
+            out.print(f"{column}: {count} re-encrypted")
 
     _guard(body)
 

@@ -129,7 +129,9 @@ class ExistsWithDifferentFields(Conflict):
     slug, title = "exists-with-different-fields", "Exists with different fields"
 
     def __init__(self, *, what: str, object_id: UUID, fields: list[str]) -> None:
-        super().__init__(f"{what} {object_id} exists with different {', '.join(fields)}", id=str(object_id), fields=fields)
+        super().__init__(
+            f"{what} {object_id} exists with different {', '.join(fields)}", id=str(object_id), fields=fields
+        )
 
 
 class LimitReached(Conflict):

@@ -12,7 +12,6 @@ import enum
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Union
 from uuid import UUID
 
 AMOUNT_MAX = 2**63 - 1
@@ -24,6 +23,7 @@ HOLD_TIMEOUT_SECONDS_MAX = 30 * 24 * 3600
 GRANTS_LIVE_PER_ACCOUNT_MAX = 1_000
 HOLDS_PENDING_PER_ACCOUNT_MAX = 1_000
 BATCH_OPERATIONS_MAX = 8_190
+GRANTS_SHOWN_MAX = 100
 METADATA_BYTES_MAX = 4_096
 CODE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -176,6 +176,7 @@ class CreateAccount:
     no_overdraft: bool = True
     overdraft_limit: int | None = None
     metadata: bytes = b"{}"
+    id_supplied: bool = False  # a client-chosen id: look it up (and lock its name) first
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,7 @@ class PostTransfer:
     credit_account_id: UUID
     amount: int
     metadata: bytes = b"{}"
+    id_supplied: bool = False  # a client-chosen id: look it up (and lock its name) first
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,7 @@ class PlaceHold:
     amount: int
     timeout_seconds: int
     metadata: bytes = b"{}"
+    id_supplied: bool = False  # a client-chosen id: look it up (and lock its name) first
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,20 +250,24 @@ class SweepGrant:
 @dataclass(frozen=True, slots=True)
 class RecordPaymentMethod:
     tenant_id: UUID
-    method: PaymentMethod
+    id: UUID
+    last4: str
+    brand: str
+    fingerprint: bytes
+    sealed: bytes
 
 
-Operation = Union[
-    CreateAccount,
-    IssueGrant,
-    PostTransfer,
-    PlaceHold,
-    CaptureHold,
-    VoidHold,
-    ExpireHold,
-    SweepGrant,
-    RecordPaymentMethod,
-]
+Operation = (
+    CreateAccount
+    | IssueGrant
+    | PostTransfer
+    | PlaceHold
+    | CaptureHold
+    | VoidHold
+    | ExpireHold
+    | SweepGrant
+    | RecordPaymentMethod
+)
 
 
 @dataclass(frozen=True, slots=True)

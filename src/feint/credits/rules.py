@@ -11,12 +11,21 @@ Every rule checks everything first and mutates only after (so a failed operation
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from uuid import UUID
 
+from feint.credits.book import (
+    Book,
+    allocate,
+    balance,
+    check_book,
+    digest,
+    entries,
+    is_live,
+    iso,
+    str_or_none,
+)
 from feint.credits.errors import (
     AccountNotFound,
     BalanceOverflow,
@@ -34,22 +43,16 @@ from feint.credits.errors import (
 from feint.credits.models import (
     AMOUNT_MAX,
     BALANCE_MIN,
-    BATCH_OPERATIONS_MAX,
     GRANTS_LIVE_PER_ACCOUNT_MAX,
     HOLD_TIMEOUT_SECONDS_MAX,
     HOLDS_PENDING_PER_ACCOUNT_MAX,
     SYSTEM_KINDS,
     Account,
-    AccountKey,
     AccountKind,
-    Allocation,
     Applied,
-    AuditTrail,
-    Balance,
     BatchMode,
     CaptureHold,
     CreateAccount,
-    Entry,
     ExpireHold,
     Grant,
     Hold,
@@ -66,122 +69,7 @@ from feint.credits.models import (
     VoidHold,
     system_account_id,
 )
-from feint.errors import FeintError, InvariantViolated, ValidationFailed
-
-ObjectKey = tuple[UUID, UUID]  # (tenant id, object id)
-
-
-@dataclass
-class Book:
-    """What one transaction sees and changes. Loaded accounts are locked until commit."""
-
-    now: datetime
-    accounts: dict[AccountKey, Account] = field(default_factory=dict)
-    grants: dict[AccountKey, list[Grant]] = field(default_factory=dict)  # live grants, per account
-    holds: dict[ObjectKey, Hold] = field(default_factory=dict)
-    transfers: dict[ObjectKey, Transfer] = field(default_factory=dict)  # existing, by client id
-    payment_methods: dict[tuple[UUID, bytes], PaymentMethod] = field(default_factory=dict)  # by fingerprint
-    # --- what changed ---
-    opening: dict[AccountKey, int] = field(default_factory=dict)
-    new_accounts: list[Account] = field(default_factory=list)
-    changed_accounts: dict[AccountKey, Account] = field(default_factory=dict)
-    new_grants: list[Grant] = field(default_factory=list)
-    changed_grants: dict[ObjectKey, Grant] = field(default_factory=dict)
-    new_holds: list[Hold] = field(default_factory=list)
-    changed_holds: dict[ObjectKey, Hold] = field(default_factory=dict)
-    new_transfers: list[Transfer] = field(default_factory=list)
-    new_payment_methods: list[PaymentMethod] = field(default_factory=list)
-    audit: AuditTrail = field(default_factory=AuditTrail)
-
-    def load_account(self, account: Account) -> None:
-        self.accounts[account.key] = account
-        self.opening[account.key] = account.posted
-
-    def touch(self, account: Account) -> None:
-        account.version += 1
-        if account.key not in self.opening:
-            raise InvariantViolated(f"account {account.id} changed without being loaded")
-        self.changed_accounts[account.key] = account
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.new_accounts or self.changed_accounts or self.new_holds or self.changed_holds
-                    or self.new_transfers or self.new_payment_methods)
-
-
-# --- balances ------------------------------------------------------------------------------
-
-
-def is_live(grant: Grant, now: datetime) -> bool:
-    return grant.expires_at is None or grant.expires_at > now
-
-
-def expired_remainder(grants: Iterable[Grant], now: datetime) -> int:
-    """Credits of expired grants still on the account: no longer spendable, not yet swept."""
-    return sum(g.remaining for g in grants if not is_live(g, now))
-
-
-def balance(account: Account, grants: Sequence[Grant], now: datetime, *, expired_holds: Sequence[Hold] = ()) -> Balance:
-    """Balances at ``now``; ``expired_holds`` (pending past their timeout) count as released,
-    exactly as the sweeper or the next write will release them."""
-    pending = account.pending
-    expired = expired_remainder(grants, now)
-    for hold in expired_holds:
-        pending -= hold.amount
-        expired += sum(a.amount for a in hold.allocations if a.grant_id is not None and a.expires_at is not None
-                       and a.expires_at <= now)
-    available = None
-    if account.no_overdraft:
-        available = account.posted - pending - expired + (account.overdraft_limit or 0)
-    return Balance(posted=account.posted, pending=pending, expired=expired, available=available)
-
-
-def burn_order(grants: Iterable[Grant], now: datetime) -> list[Grant]:
-    """Live grants with credits left, in the order spending uses them: priority (0 first), then
-    soonest expiry (never-expiring last), then oldest."""
-    live = [g for g in grants if g.remaining > 0 and is_live(g, now)]
-    return sorted(live, key=lambda g: (g.priority, g.expires_at is None, g.expires_at or g.created_at, g.created_at, g.id))
-
-
-def allocate(grants: Iterable[Grant], amount: int, now: datetime) -> list[Allocation]:
-    """Where ``amount`` comes from: grants in burn order, then (grant None) ungranted credits."""
-    if amount <= 0:
-        raise InvariantViolated(f"allocation of a non-positive amount {amount}")
-    parts: list[Allocation] = []
-    left = amount
-    for grant in burn_order(grants, now):
-        take = min(grant.remaining, left)
-        parts.append(Allocation(grant_id=grant.id, amount=take, expires_at=grant.expires_at))
-        left -= take
-        if left == 0:
-            break
-    if left:
-        parts.append(Allocation(grant_id=None, amount=left, expires_at=None))
-    if sum(p.amount for p in parts) != amount:
-        raise InvariantViolated("allocations must add up to the amount")
-    return parts
-
-
-def entries(transfer: Transfer) -> tuple[Entry, Entry]:
-    """The two entries a transfer writes; they always sum to zero."""
-    debit = Entry(account_id=transfer.debit_account_id, amount=-transfer.amount)
-    credit = Entry(account_id=transfer.credit_account_id, amount=transfer.amount)
-    if debit.amount + credit.amount != 0:
-        raise InvariantViolated("entries of a transfer must sum to zero")
-    return debit, credit
-
-
-def validate_batch(operations: Sequence[Operation], *, tenant_id: UUID) -> None:
-    """A batch is 1 to BATCH_OPERATIONS_MAX operations, all of one tenant."""
-    if not 0 < len(operations) <= BATCH_OPERATIONS_MAX:
-        raise ValidationFailed(
-            f"a batch holds 1 to {BATCH_OPERATIONS_MAX} operations, not {len(operations)}",
-            errors=[{"field": "body.operations", "problem": f"1 to {BATCH_OPERATIONS_MAX} operations"}],
-        )
-    for index, op in enumerate(operations):
-        if op.tenant_id != tenant_id:
-            raise InvariantViolated(f"operation {index} belongs to another tenant")
-
+from feint.errors import FeintError, InvariantViolated
 
 # --- helpers shared by the rules ------------------------------------------------------------
 
@@ -251,13 +139,26 @@ def _post(
     entries(transfer)
     book.new_transfers.append(transfer)
     book.transfers[(transfer.tenant_id, transfer.id)] = transfer
-    book.audit.add(debit.tenant_id, {
-        "op": "transfer", "id": str(transfer.id), "kind": kind.value, "debit": str(debit.id),
-        "credit": str(credit.id), "amount": amount, "debit_balance": debit.posted,
-        "credit_balance": credit.posted, "hold": _str(hold_id), "grant": _str(grant_id),
-        "metadata": digest(metadata), "at": iso(book.now),
-    })
+    book.audit.add(debit.tenant_id, transfer_record(transfer))
     return transfer
+
+
+def transfer_record(transfer: Transfer) -> dict[str, object]:
+    """A transfer as the audit chain records it (the verifier rebuilds it from the stored row)."""
+    return {
+        "op": "transfer",
+        "id": str(transfer.id),
+        "kind": transfer.kind.value,
+        "debit": str(transfer.debit_account_id),
+        "credit": str(transfer.credit_account_id),
+        "amount": transfer.amount,
+        "debit_balance": transfer.debit_balance,
+        "credit_balance": transfer.credit_balance,
+        "hold": str_or_none(transfer.hold_id),
+        "grant": str_or_none(transfer.grant_id),
+        "metadata": digest(transfer.metadata),
+        "at": iso(transfer.posted_at),
+    }
 
 
 def _change_grant(book: Book, grant: Grant, *, remaining: int, held: int) -> None:
@@ -282,7 +183,9 @@ def _release(book: Book, hold: Hold, *, consume: int) -> None:
         spent = min(part.amount, left)
         left -= spent
         if part.grant_id is not None:
-            _change_grant(book, _grant_by_id(book, debit, part.grant_id), remaining=part.amount - spent, held=-part.amount)
+            _change_grant(
+                book, _grant_by_id(book, debit, part.grant_id), remaining=part.amount - spent, held=-part.amount
+            )
     debit.pending -= hold.amount
     debit.holds_pending -= 1
     book.touch(debit)
@@ -304,80 +207,157 @@ def _differing(pairs: dict[str, tuple[object, object]]) -> list[str]:
 def create_account(book: Book, op: CreateAccount) -> Applied:
     existing = book.accounts.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = _differing({
-            "kind": (existing.kind, AccountKind.CUSTOMER), "code": (existing.code, op.code),
-            "no_overdraft": (existing.no_overdraft, op.no_overdraft),
-            "overdraft_limit": (existing.overdraft_limit, op.overdraft_limit), "metadata": (existing.metadata, op.metadata),
-        })
+        fields = _differing(
+            {
+                "kind": (existing.kind, AccountKind.CUSTOMER),
+                "code": (existing.code, op.code),
+                "no_overdraft": (existing.no_overdraft, op.no_overdraft),
+                "overdraft_limit": (existing.overdraft_limit, op.overdraft_limit),
+                "metadata": (existing.metadata, op.metadata),
+            }
+        )
         if fields:
             raise ExistsWithDifferentFields(what="account", object_id=op.id, fields=fields)
         return Applied(existing, created=False)
     if op.id.version == 5:
         raise InvalidOperation("version-5 UUIDs are reserved for system accounts", field="id")
     if op.overdraft_limit is not None and not op.no_overdraft:
-        raise InvalidOperation("overdraft_limit needs no_overdraft (an account without it has no limit)",
-                               field="overdraft_limit")
-    account = _new_account(book, op.tenant_id, op.id, AccountKind.CUSTOMER, op.code, no_overdraft=op.no_overdraft,
-                           overdraft_limit=op.overdraft_limit, metadata=op.metadata)
+        raise InvalidOperation(
+            "overdraft_limit needs no_overdraft (an account without it has no limit)", field="overdraft_limit"
+        )
+    account = _new_account(
+        book,
+        op.tenant_id,
+        op.id,
+        AccountKind.CUSTOMER,
+        op.code,
+        no_overdraft=op.no_overdraft,
+        overdraft_limit=op.overdraft_limit,
+        metadata=op.metadata,
+    )
     for kind in SYSTEM_KINDS:
         key = (op.tenant_id, system_account_id(op.tenant_id, op.code, kind))
         if key not in book.accounts:
-            _new_account(book, op.tenant_id, key[1], kind, op.code, no_overdraft=False, overdraft_limit=None,
-                         metadata=b"{}")
+            _new_account(
+                book, op.tenant_id, key[1], kind, op.code, no_overdraft=False, overdraft_limit=None, metadata=b"{}"
+            )
     return Applied(account)
 
 
-def _new_account(book: Book, tenant_id: UUID, account_id: UUID, kind: AccountKind, code: str, *, no_overdraft: bool,
-                 overdraft_limit: int | None, metadata: bytes) -> Account:
-    account = Account(tenant_id=tenant_id, id=account_id, kind=kind, code=code, no_overdraft=no_overdraft,
-                      overdraft_limit=overdraft_limit, metadata=metadata, posted=0, pending=0, holds_pending=0,
-                      version=1, created_at=book.now)
+def _new_account(
+    book: Book,
+    tenant_id: UUID,
+    account_id: UUID,
+    kind: AccountKind,
+    code: str,
+    *,
+    no_overdraft: bool,
+    overdraft_limit: int | None,
+    metadata: bytes,
+) -> Account:
+    account = Account(
+        tenant_id=tenant_id,
+        id=account_id,
+        kind=kind,
+        code=code,
+        no_overdraft=no_overdraft,
+        overdraft_limit=overdraft_limit,
+        metadata=metadata,
+        posted=0,
+        pending=0,
+        holds_pending=0,
+        version=1,
+        created_at=book.now,
+    )
     book.accounts[account.key] = account
     book.opening[account.key] = 0
     book.new_accounts.append(account)
     book.grants.setdefault(account.key, [])
-    book.audit.add(tenant_id, {
-        "op": "account", "id": str(account_id), "kind": kind.value, "code": code, "no_overdraft": no_overdraft,
-        "overdraft_limit": overdraft_limit, "metadata": digest(metadata), "at": iso(book.now),
-    })
+    book.audit.add(
+        tenant_id,
+        {
+            "op": "account",
+            "id": str(account_id),
+            "kind": kind.value,
+            "code": code,
+            "no_overdraft": no_overdraft,
+            "overdraft_limit": overdraft_limit,
+            "metadata": digest(metadata),
+            "at": iso(book.now),
+        },
+    )
     return account
 
 
 def issue_grant(book: Book, op: IssueGrant) -> Applied:
     account = _account(book, op.tenant_id, op.account_id, field="account_id")
     if account.kind is not AccountKind.CUSTOMER:
-        raise InvalidOperation(f"grants go to customer accounts, not a {account.kind.value} account", field="account_id")
+        raise InvalidOperation(
+            f"grants go to customer accounts, not a {account.kind.value} account", field="account_id"
+        )
     if op.expires_at is not None and op.expires_at <= book.now:
         raise InvalidOperation("expires_at is not in the future", field="expires_at")
     live = book.grants.setdefault(account.key, [])
     if len(live) >= GRANTS_LIVE_PER_ACCOUNT_MAX:
-        raise LimitReached(f"account {account.id} has {len(live)} grants with credits left", limit=GRANTS_LIVE_PER_ACCOUNT_MAX)
-    issuance = _account(book, op.tenant_id, system_account_id(op.tenant_id, account.code, AccountKind.ISSUANCE),
-                        field="account_id")
+        raise LimitReached(
+            f"account {account.id} has {len(live)} grants with credits left", limit=GRANTS_LIVE_PER_ACCOUNT_MAX
+        )
+    issuance = _account(
+        book, op.tenant_id, system_account_id(op.tenant_id, account.code, AccountKind.ISSUANCE), field="account_id"
+    )
     _check_range(account, op.amount)
     _check_range(issuance, -op.amount)
-    transfer = _post(book, transfer_id=op.transfer_id, kind=TransferKind.GRANT, debit=issuance, credit=account,
-                     amount=op.amount, metadata=op.metadata, grant_id=op.id)
-    grant = Grant(tenant_id=op.tenant_id, id=op.id, account_id=account.id, amount=op.amount, remaining=op.amount,
-                  held=0, priority=op.priority, expires_at=op.expires_at, transfer_id=op.transfer_id,
-                  created_at=book.now)
+    transfer = _post(
+        book,
+        transfer_id=op.transfer_id,
+        kind=TransferKind.GRANT,
+        debit=issuance,
+        credit=account,
+        amount=op.amount,
+        metadata=op.metadata,
+        grant_id=op.id,
+    )
+    grant = Grant(
+        tenant_id=op.tenant_id,
+        id=op.id,
+        account_id=account.id,
+        amount=op.amount,
+        remaining=op.amount,
+        held=0,
+        priority=op.priority,
+        expires_at=op.expires_at,
+        transfer_id=op.transfer_id,
+        created_at=book.now,
+    )
     live.append(grant)
     book.new_grants.append(grant)
-    book.audit.add(op.tenant_id, {
-        "op": "grant", "id": str(op.id), "account": str(account.id), "amount": op.amount, "priority": op.priority,
-        "expires_at": iso(op.expires_at) if op.expires_at else None, "transfer": str(op.transfer_id),
-    })
+    book.audit.add(
+        op.tenant_id,
+        {
+            "op": "grant",
+            "id": str(op.id),
+            "account": str(account.id),
+            "amount": op.amount,
+            "priority": op.priority,
+            "expires_at": iso(op.expires_at) if op.expires_at else None,
+            "transfer": str(op.transfer_id),
+        },
+    )
     return Applied((grant, transfer))
 
 
 def post_transfer(book: Book, op: PostTransfer) -> Applied:
     existing = book.transfers.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = _differing({
-            "kind": (existing.kind, TransferKind.TRANSFER), "debit_account_id": (existing.debit_account_id, op.debit_account_id),
-            "credit_account_id": (existing.credit_account_id, op.credit_account_id), "amount": (existing.amount, op.amount),
-            "metadata": (existing.metadata, op.metadata),
-        })
+        fields = _differing(
+            {
+                "kind": (existing.kind, TransferKind.TRANSFER),
+                "debit_account_id": (existing.debit_account_id, op.debit_account_id),
+                "credit_account_id": (existing.credit_account_id, op.credit_account_id),
+                "amount": (existing.amount, op.amount),
+                "metadata": (existing.metadata, op.metadata),
+            }
+        )
         if fields:
             raise ExistsWithDifferentFields(what="transfer", object_id=op.id, fields=fields)
         return Applied(existing, created=False)
@@ -390,18 +370,30 @@ def post_transfer(book: Book, op: PostTransfer) -> Applied:
     for part in allocate(book.grants.get(debit.key, ()), op.amount, book.now):
         if part.grant_id is not None:
             _change_grant(book, _grant_by_id(book, debit, part.grant_id), remaining=-part.amount, held=0)
-    return Applied(_post(book, transfer_id=op.id, kind=TransferKind.TRANSFER, debit=debit, credit=credit,
-                         amount=op.amount, metadata=op.metadata))
+    return Applied(
+        _post(
+            book,
+            transfer_id=op.id,
+            kind=TransferKind.TRANSFER,
+            debit=debit,
+            credit=credit,
+            amount=op.amount,
+            metadata=op.metadata,
+        )
+    )
 
 
 def place_hold(book: Book, op: PlaceHold) -> Applied:
     existing = book.holds.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = _differing({
-            "debit_account_id": (existing.debit_account_id, op.debit_account_id),
-            "credit_account_id": (existing.credit_account_id, op.credit_account_id), "amount": (existing.amount, op.amount),
-            "metadata": (existing.metadata, op.metadata),
-        })
+        fields = _differing(
+            {
+                "debit_account_id": (existing.debit_account_id, op.debit_account_id),
+                "credit_account_id": (existing.credit_account_id, op.credit_account_id),
+                "amount": (existing.amount, op.amount),
+                "metadata": (existing.metadata, op.metadata),
+            }
+        )
         if fields:
             raise ExistsWithDifferentFields(what="hold", object_id=op.id, fields=fields)
         return Applied(existing, created=False)
@@ -412,7 +404,9 @@ def place_hold(book: Book, op: PlaceHold) -> Applied:
     _check_pair(debit, credit)
     _require_funds(book, debit, op.amount)
     if debit.holds_pending >= HOLDS_PENDING_PER_ACCOUNT_MAX:
-        raise LimitReached(f"account {debit.id} has {debit.holds_pending} pending holds", limit=HOLDS_PENDING_PER_ACCOUNT_MAX)
+        raise LimitReached(
+            f"account {debit.id} has {debit.holds_pending} pending holds", limit=HOLDS_PENDING_PER_ACCOUNT_MAX
+        )
     if debit.pending + op.amount > AMOUNT_MAX:
         raise BalanceOverflow(account_id=debit.id)
     parts = tuple(allocate(book.grants.get(debit.key, ()), op.amount, book.now))
@@ -422,17 +416,37 @@ def place_hold(book: Book, op: PlaceHold) -> Applied:
     debit.pending += op.amount
     debit.holds_pending += 1
     book.touch(debit)
-    hold = Hold(tenant_id=op.tenant_id, id=op.id, debit_account_id=debit.id, credit_account_id=credit.id,
-                amount=op.amount, state=HoldState.PENDING, expires_at=book.now + timedelta(seconds=op.timeout_seconds),
-                allocations=parts, captured_amount=None, transfer_id=None, metadata=op.metadata, created_at=book.now,
-                resolved_at=None)
+    hold = Hold(
+        tenant_id=op.tenant_id,
+        id=op.id,
+        debit_account_id=debit.id,
+        credit_account_id=credit.id,
+        amount=op.amount,
+        state=HoldState.PENDING,
+        expires_at=book.now + timedelta(seconds=op.timeout_seconds),
+        allocations=parts,
+        captured_amount=None,
+        transfer_id=None,
+        metadata=op.metadata,
+        created_at=book.now,
+        resolved_at=None,
+    )
     book.holds[(hold.tenant_id, hold.id)] = hold
     book.new_holds.append(hold)
-    book.audit.add(op.tenant_id, {
-        "op": "hold", "id": str(hold.id), "debit": str(debit.id), "credit": str(credit.id), "amount": op.amount,
-        "expires_at": iso(hold.expires_at), "allocations": [[_str(p.grant_id), p.amount] for p in parts],
-        "metadata": digest(op.metadata), "at": iso(book.now),
-    })
+    book.audit.add(
+        op.tenant_id,
+        {
+            "op": "hold",
+            "id": str(hold.id),
+            "debit": str(debit.id),
+            "credit": str(credit.id),
+            "amount": op.amount,
+            "expires_at": iso(hold.expires_at),
+            "allocations": [[str_or_none(p.grant_id), p.amount] for p in parts],
+            "metadata": digest(op.metadata),
+            "at": iso(book.now),
+        },
+    )
     return Applied(hold)
 
 
@@ -458,13 +472,29 @@ def capture_hold(book: Book, op: CaptureHold) -> Applied:
     credit = _account(book, op.tenant_id, hold.credit_account_id, field="credit_account_id")
     _check_range(credit, amount)
     _release(book, hold, consume=amount)
-    transfer = _post(book, transfer_id=op.transfer_id, kind=TransferKind.CAPTURE, debit=debit, credit=credit,
-                     amount=amount, metadata=hold.metadata, hold_id=hold.id)
+    transfer = _post(
+        book,
+        transfer_id=op.transfer_id,
+        kind=TransferKind.CAPTURE,
+        debit=debit,
+        credit=credit,
+        amount=amount,
+        metadata=hold.metadata,
+        hold_id=hold.id,
+    )
     hold.captured_amount = amount
     hold.transfer_id = transfer.id
     _resolve(book, hold, HoldState.CAPTURED)
-    book.audit.add(op.tenant_id, {"op": "hold.captured", "id": str(hold.id), "amount": amount,
-                                  "transfer": str(transfer.id), "at": iso(book.now)})
+    book.audit.add(
+        op.tenant_id,
+        {
+            "op": "hold.captured",
+            "id": str(hold.id),
+            "amount": amount,
+            "transfer": str(transfer.id),
+            "at": iso(book.now),
+        },
+    )
     return Applied(hold)
 
 
@@ -495,39 +525,69 @@ def sweep_grant(book: Book, op: SweepGrant) -> Applied:
     amount = grant.remaining
     _check_range(expiry, amount)
     _change_grant(book, grant, remaining=-amount, held=0)
-    return Applied(_post(book, transfer_id=op.transfer_id, kind=TransferKind.EXPIRY, debit=account, credit=expiry,
-                         amount=amount, metadata=b"{}", grant_id=grant.id))
+    return Applied(
+        _post(
+            book,
+            transfer_id=op.transfer_id,
+            kind=TransferKind.EXPIRY,
+            debit=account,
+            credit=expiry,
+            amount=amount,
+            metadata=b"{}",
+            grant_id=grant.id,
+        )
+    )
 
 
 def record_payment_method(book: Book, op: RecordPaymentMethod) -> Applied:
-    method = op.method
-    existing = book.payment_methods.get((op.tenant_id, method.fingerprint))
+    """A card seen before (same fingerprint in this tenant) answers with the method already on file."""
+    existing = book.payment_methods.get((op.tenant_id, op.fingerprint))
     if existing is not None:
         return Applied(existing, created=False)
+    method = PaymentMethod(
+        tenant_id=op.tenant_id,
+        id=op.id,
+        last4=op.last4,
+        brand=op.brand,
+        fingerprint=op.fingerprint,
+        sealed=op.sealed,
+        created_at=book.now,
+    )
     book.payment_methods[(op.tenant_id, method.fingerprint)] = method
     book.new_payment_methods.append(method)
-    book.audit.add(op.tenant_id, {"op": "payment_method", "id": str(method.id), "last4": method.last4,
-                                  "brand": method.brand, "fingerprint": method.fingerprint.hex(), "at": iso(book.now)})
+    book.audit.add(
+        op.tenant_id,
+        {
+            "op": "payment_method",
+            "id": str(method.id),
+            "last4": method.last4,
+            "brand": method.brand,
+            "fingerprint": method.fingerprint.hex(),
+            "at": iso(book.now),
+        },
+    )
     return Applied(method)
-
-
-_RULES = {
-    CreateAccount: create_account,
-    IssueGrant: issue_grant,
-    PostTransfer: post_transfer,
-    PlaceHold: place_hold,
-    CaptureHold: capture_hold,
-    VoidHold: void_hold,
-    ExpireHold: expire_hold,
-    SweepGrant: sweep_grant,
-    RecordPaymentMethod: record_payment_method,
-}
 
 
 def apply(book: Book, op: Operation) -> Applied:
     """Apply one operation; a FeintError means nothing of it was applied."""
-    rule = _RULES[type(op)]
-    return rule(book, op)  # type: ignore[operator]
+    if isinstance(op, PostTransfer):
+        return post_transfer(book, op)
+    if isinstance(op, PlaceHold):
+        return place_hold(book, op)
+    if isinstance(op, CaptureHold):
+        return capture_hold(book, op)
+    if isinstance(op, VoidHold):
+        return void_hold(book, op)
+    if isinstance(op, IssueGrant):
+        return issue_grant(book, op)
+    if isinstance(op, CreateAccount):
+        return create_account(book, op)
+    if isinstance(op, ExpireHold):
+        return expire_hold(book, op)
+    if isinstance(op, SweepGrant):
+        return sweep_grant(book, op)
+    return record_payment_method(book, op)
 
 
 def settle(book: Book) -> None:
@@ -559,40 +619,3 @@ def apply_all(book: Book, operations: Sequence[Operation], *, mode: BatchMode) -
             results.append(exc)
     check_book(book)
     return results
-
-
-def check_book(book: Book) -> None:
-    """What must hold before a transaction commits; raises InvariantViolated otherwise."""
-    per_tenant: dict[UUID, int] = {}
-    for key, account in book.accounts.items():
-        per_tenant[key[0]] = per_tenant.get(key[0], 0) + account.posted - book.opening.get(key, 0)
-    for tenant_id, delta in per_tenant.items():
-        if delta != 0:
-            raise InvariantViolated(f"tenant {tenant_id}: debits and credits differ by {delta}")
-    for account in book.changed_accounts.values():
-        if account.pending < 0 or account.holds_pending < 0:
-            raise InvariantViolated(f"account {account.id}: negative pending")
-        if account.no_overdraft:
-            available = balance(account, book.grants.get(account.key, ()), book.now).available
-            if available is None or available < 0:
-                raise InvariantViolated(f"account {account.id} would be overdrawn ({available})")
-    for grant in book.changed_grants.values():
-        if grant.remaining < 0 or grant.held < 0 or grant.remaining + grant.held > grant.amount:
-            raise InvariantViolated(f"grant {grant.id}: remaining {grant.remaining}, held {grant.held}")
-
-
-# --- canonical values -----------------------------------------------------------------------
-
-
-def iso(moment: datetime) -> str:
-    """A timestamp as the audit chain and the API write it: UTC, microseconds, ISO 8601."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _str(value: UUID | None) -> str | None:
-    return None if value is None else str(value)
-

@@ -39,7 +39,9 @@ if tuple(SCHEMA.names) != RECORD_FIELDS:  # pragma: no cover - a change to one m
 def to_batch(records: Iterable[RequestRecord]) -> pa.RecordBatch:
     """Records as one Arrow batch in the dataset schema."""
     rows = list(records)
-    columns = [pa.array([getattr(r, name) for r in rows], type=f.type) for name, f in zip(RECORD_FIELDS, SCHEMA, strict=True)]
+    columns = [
+        pa.array([getattr(r, name) for r in rows], type=f.type) for name, f in zip(RECORD_FIELDS, SCHEMA, strict=True)
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
 

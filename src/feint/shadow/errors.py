@@ -22,9 +22,7 @@ class RuleInvalid(ValidationFailed):
 
     slug, title = "rule-invalid", "Invalid Sigma rule"
 
-    def __init__(
-        self, message: str, *, path: str, line: int | None = None, column: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, path: str, line: int | None = None, column: int | None = None) -> None:
         where = path if line is None else f"{path}:{line}" + ("" if column is None else f":{column}")
         super().__init__(
             f"{where}: {message}",
@@ -58,9 +56,7 @@ class TrafficFormatInvalid(ValidationFailed):
 
     def __init__(self, reason: str, *, path: str, line: int | None = None) -> None:
         where = path if line is None else f"{path}:{line}"
-        super().__init__(
-            f"{where}: {reason}", errors=[{"path": path, "line": line, "reason": reason}]
-        )
+        super().__init__(f"{where}: {reason}", errors=[{"path": path, "line": line, "reason": reason}])
         self.reason = reason
         self.path = path
         self.line = line

@@ -76,9 +76,7 @@ def split_target(target: str) -> tuple[str | None, str | None]:
     return (stem or None), (query if sep and query else None)
 
 
-def request_line_of(
-    method: str | None, stem: str | None, query: str | None, version: str | None
-) -> str | None:
+def request_line_of(method: str | None, stem: str | None, query: str | None, version: str | None) -> str | None:
     """The request line a log would have shown, for sources that log only its parts."""
     if method is None and stem is None:
         return None

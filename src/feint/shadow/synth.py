@@ -27,8 +27,7 @@ SAMPLE_REPEAT_MAX: Final = 6
 _sre: Any = importlib.import_module("re._parser")  # the stdlib regex parser; no public API
 
 USER_AGENTS: Final = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.4 Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
@@ -179,12 +178,10 @@ def _sample_class(rng: random.Random, members: list[tuple[Any, Any]]) -> str:
         return chr(argument)
     if name == "RANGE":
         return chr(rng.randint(argument[0], argument[1]))
-    if name == "CATEGORY" and "SPACE" in str(argument):
-        return " "
-    if name == "CATEGORY" and "DIGIT" in str(argument):
-        return rng.choice(string.digits)
-    if name == "CATEGORY" and "WORD" in str(argument):
-        return rng.choice(string.ascii_letters)
+    category = str(argument) if name == "CATEGORY" else ""
+    choices = {"CATEGORY_SPACE": " ", "CATEGORY_DIGIT": string.digits, "CATEGORY_WORD": string.ascii_letters}
+    if category in choices:
+        return rng.choice(choices[category])
     raise _Unsampleable(name)
 
 
@@ -235,9 +232,7 @@ def _add(draft: _Draft, rng: random.Random, test: Test) -> None:
         draft.missing.add(source)
     elif test.op == "num":
         number = int(float(test.value))
-        draft.status = {"lt": number - 1, "lte": number, "gt": number + 1}.get(
-            test.compare or "gte", number
-        )
+        draft.status = {"lt": number - 1, "lte": number, "gt": number + 1}.get(test.compare or "gte", number)
     elif test.op == "eq":
         draft.exact[source] = value
     elif test.op == "prefix":
@@ -245,15 +240,18 @@ def _add(draft: _Draft, rng: random.Random, test: Test) -> None:
     elif test.op == "suffix":
         draft.suffix[source] = value
     elif test.op == "glob":
-        sample = _sample_glob(rng, value)
-        sample = sample if test.cased else _shuffle_case(rng, sample)
+        glob = _sample_glob(rng, value)
+        glob = glob if test.cased else _shuffle_case(rng, glob)
         if value.startswith("(?s)^.*") and value.endswith(".*$"):
-            draft.parts.setdefault(source, []).append(sample)  # leaves room for other tests
+            draft.parts.setdefault(source, []).append(glob)  # leaves room for other tests
         else:
-            draft.exact[source] = sample
+            draft.exact[source] = glob
     elif test.op == "regex":
         sample = sample_regex(rng, value)
-        if sample is not None:
+        body = value.split(")", 1)[1] if value.startswith("(?") else value
+        if sample is not None and (body.startswith("^") or body.endswith("$")):
+            draft.exact[source] = sample  # anchored: the sample must be the whole value
+        elif sample is not None:
             draft.parts.setdefault(source, []).append(sample)
     else:
         draft.parts.setdefault(source, []).append(value)
@@ -278,9 +276,10 @@ def _collect(expr: Expr, draft: _Draft, rng: random.Random) -> None:
 
 
 def _constrained(draft: _Draft, source: Source) -> bool:
-    return any(
-        source in part for part in (draft.exact, draft.prefix, draft.suffix, draft.parts)
-    ) or source in draft.missing
+    return (
+        any(source in part for part in (draft.exact, draft.prefix, draft.suffix, draft.parts))
+        or source in draft.missing
+    )
 
 
 def _value(draft: _Draft, source: Source, rng: random.Random) -> str | None:
@@ -318,7 +317,10 @@ def witness(expr: Expr, rng: random.Random, request_id: str) -> Witness:
     draft = _Draft()
     _collect(expr, draft, rng)
     base = benign(rng, request_id)
-    value = lambda source: _value(draft, source, rng)  # noqa: E731 - local shorthand
+
+    def value(source: Source) -> str | None:
+        return _value(draft, source, rng)
+
     uri = value("uri")
     stem, query = base.cs_uri_stem, base.cs_uri_query
     if uri is not None:
@@ -366,8 +368,11 @@ def near_miss(built: Witness, rng: random.Random) -> RequestRecord:
         return record
     test = rng.choice(tests)
     if test.op == "null":
-        name = _FIELD_OF.get(test.source, "cs_uri_query")
-        return replace(record, **{name: "x"}) if name != "sc_status" else replace(record, sc_status=1)
+        name = _FIELD_OF.get(test.source, test.source)
+        if name == "sc_status":
+            return replace(record, sc_status=1)
+        missing: dict[str, Any] = {name: "x"}
+        return replace(record, **missing)
     if test.op == "num" or test.source == "sc_status":
         status = record.sc_status
         return replace(record, sc_status=None if status is None else status + 50)

@@ -1,7 +1,7 @@
 """A typed face for ``google-re2``, the regular-expression engine of both Feint engines.
 
 DuckDB and ClickHouse run RE2 as well, so a pattern means the same in all three. The package
-ships no type information, hence the one ``type: ignore`` here. Calls go to the pybind layer
+ships no type information, so this module is the one place that touches it untyped. Calls go to the pybind layer
 directly: the pure-Python ``re2.search`` decodes match offsets back to ``str`` positions, which
 costs more than the search itself and which a yes/no answer does not need.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no stubs or py.typed
+import re2  # google-re2 ships no stubs: pyproject's mypy overrides let it in as Any
 
 # RE2 keeps a compiled program and its DFA cache within this budget. A set of a few thousand
 # literals needs tens of MiB; past the budget a DFA resets its cache (slower, still correct).

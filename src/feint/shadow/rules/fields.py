@@ -143,9 +143,8 @@ FIELD_MAP: Final[dict[str, FieldMapping]] = {
     "cs(host)": _one("cs_host"),
     "cs-version": _one("cs_version"),
     "sc-status": _one("sc_status"),
-    **{
-        name: _UNRECORDED
-        for name in (
+    **dict.fromkeys(
+        (
             "dst_ip",
             "s-ip",
             "s-port",
@@ -164,13 +163,12 @@ FIELD_MAP: Final[dict[str, FieldMapping]] = {
             "cs-mime-type",
             "dst_port",
             "src_port",
-        )
-    },
+        ),
+        _UNRECORDED,
+    ),
 }
 
-RESPONSE_FIELDS: Final = frozenset(
-    {"sc-status", "sc-bytes", "sc-substatus", "sc-win32-status", "time-taken"}
-)
+RESPONSE_FIELDS: Final = frozenset({"sc-status", "sc-bytes", "sc-substatus", "sc-win32-status", "time-taken"})
 
 
 def mapping_of(field: str) -> FieldMapping | None:

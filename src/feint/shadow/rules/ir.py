@@ -118,7 +118,70 @@ def negate(item: Expr) -> Expr:
 
 # Sources with a handful of common values (GET, HTTP/1.1, 200): a literal of theirs says little.
 WEAK_SOURCES: Final = frozenset({"cs_method", "cs_version", "sc_status"})
-# Which ends of a source's value the prefilter haystack delimits with a newline (the stem starts
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Hint:
+    """A necessary condition: the folded ``source`` text equals (``eq``), starts with, ends with
+    or contains ``literal``. Prefilters test a rule's hints before the rule itself."""
+
+    source: Source
+    op: Op
+    literal: str
+
+
+Hints = frozenset[Hint]
+
+
+def _hint(test: Test) -> Hint | None:
+    if test.op in LITERAL_OPS:
+        return Hint(test.source, test.op, ascii_lower(test.value))
+    if test.op == "glob" and test.needle:
+        return Hint(test.source, "contains", test.needle)
+    return None
+
+
+def _score(found: tuple[Hints, bool]) -> tuple[bool, int, int]:
+    # Prefer hints on informative sources, then the alternative whose shortest literal is
+    # longest (rarer in benign traffic), then the one with fewer hints.
+    part, weak = found
+    shortest = min((len(hint.literal) for hint in part), default=1 << 30)
+    return (not weak, shortest, -len(part))
+
+
+def _hints(expr: Expr) -> tuple[Hints, bool] | None:
+    """The hint set and whether it comes only from ``WEAK_SOURCES``."""
+    if isinstance(expr, Test):
+        hint = _hint(expr)
+        return None if hint is None else (frozenset({hint}), expr.source in WEAK_SOURCES)
+    if isinstance(expr, Const):
+        return None if expr.value else (frozenset(), False)
+    if isinstance(expr, Not):
+        return None
+    parts = [_hints(item) for item in expr.items]
+    known = [part for part in parts if part is not None]
+    if isinstance(expr, And):
+        return max(known, key=_score) if known else None
+    if len(known) < len(parts):
+        return None
+    return frozenset().union(*(p for p, _ in known)), any(weak for _, weak in known)
+
+
+def hints(expr: Expr, *, strong: bool = False) -> Hints | None:
+    """Hints of which at least one holds whenever ``expr`` holds.
+
+    ``None`` means no such set is known (the expression can hold through ``not`` or a regular
+    expression alone); an empty set means the expression never holds. With ``strong``, a set
+    drawn from ``WEAK_SOURCES`` (the method is ``get``) counts as unknown: it would pass almost
+    every request and make a prefilter shared with other rules useless.
+    """
+    found = _hints(expr)
+    if found is None or (strong and found[1]):
+        return None
+    return found[0]
+
+
+# Which ends of a source's value the matcher's haystack delimits with a newline (the stem starts
 # the ``uri`` line; an extension follows a '.'), so a whole-value literal can carry them along.
 _DELIMITED: Final[dict[str, tuple[str, str]]] = {
     "cs_uri_stem": ("\n", ""),
@@ -127,48 +190,24 @@ _DELIMITED: Final[dict[str, tuple[str, str]]] = {
 }
 
 
-def _test_needle(test: Test) -> str:
-    if test.op not in LITERAL_OPS:
-        return test.needle
-    value = ascii_lower(test.value)
-    left, right = _DELIMITED.get(test.source, ("\n", "\n"))
-    if test.op == "eq":
-        return left + value + right
-    if test.op == "prefix":
-        return left + value
-    if test.op == "suffix":
-        return value + ("" if test.source == "uri_extension" else right)
-    return value
+def haystack_needle(hint: Hint) -> str:
+    """The literal the hint puts in ``"\n" + "\n".join(folded HAYSTACK_SOURCES) + "\n"``."""
+    left, right = _DELIMITED.get(hint.source, ("\n", "\n"))
+    if hint.source == "uri_extension":
+        right = ""
+    if hint.op == "eq":
+        return left + hint.literal + right
+    if hint.op == "prefix":
+        return left + hint.literal
+    if hint.op == "suffix":
+        return hint.literal + right
+    return hint.literal
 
 
-def _score(part: frozenset[str], item: Expr) -> tuple[bool, int, int]:
-    # Prefer literals of informative sources, then the alternative whose shortest literal is
-    # longest (rarer in benign traffic), then the one with fewer literals.
-    shortest = min((len(n) for n in part), default=1 << 30)
-    return (not sources(item) <= WEAK_SOURCES, shortest, -len(part))
-
-
-def needles(expr: Expr) -> frozenset[str] | None:
-    """Folded literals of which at least one occurs in the prefilter haystack when ``expr`` holds.
-
-    The haystack is ``"\n" + "\n".join(folded HAYSTACK_SOURCES) + "\n"``. ``None`` means no
-    such set is known (the expression can hold without any literal, e.g. through ``not`` or a
-    regular expression); an empty set means the expression never holds.
-    """
-    if isinstance(expr, Test):
-        needle = _test_needle(expr)
-        return frozenset({needle}) if needle else None
-    if isinstance(expr, Const):
-        return None if expr.value else frozenset()
-    if isinstance(expr, Not):
-        return None
-    parts = [(needles(item), item) for item in expr.items]
-    if isinstance(expr, And):
-        known = [(part, item) for part, item in parts if part is not None]
-        return max(known, key=lambda pair: _score(*pair))[0] if known else None
-    if any(part is None for part, _ in parts):
-        return None
-    return frozenset().union(*(part for part, _ in parts if part is not None))
+def needles(expr: Expr, *, strong: bool = False) -> frozenset[str] | None:
+    """The hints of ``expr`` as literals of the matcher's haystack (see :func:`hints`)."""
+    found = hints(expr, strong=strong)
+    return None if found is None else frozenset(haystack_needle(hint) for hint in found)
 
 
 def sources(expr: Expr) -> frozenset[Source]:

@@ -25,7 +25,7 @@ from feint.errors import InvariantViolated
 from feint.shadow.record import RequestRecord, ascii_lower
 from feint.shadow.rules import _re2
 from feint.shadow.rules.fields import HAYSTACK_SOURCES, SOURCES
-from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Not, Or, Test, needles
+from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Not, Test, needles
 from feint.shadow.rules.model import WEIGHT_UNITS, Rule, RuleSet, score_units
 
 # Up to this many literals an OR of substring tests is a Python loop; above, one RE2 search.
@@ -73,9 +73,7 @@ class _Event:
             None if status is None else str(status),
             record.request_line or None,
         ]
-        self.low: list[str | None] = [
-            None if value is None else ascii_lower(value) for value in self.text
-        ]
+        self.low: list[str | None] = [None if value is None else ascii_lower(value) for value in self.text]
 
     def haystack(self) -> bytes:
         low = self.low
@@ -208,9 +206,7 @@ class Matcher:
         for member, index in enumerate(self._owner):
             for needle in sorted(needles(self.rules[index].expr) or ()):
                 if member not in self._prefilter.matches(needle.encode("utf-8", "surrogatepass")):
-                    raise InvariantViolated(
-                        f"prefilter of rule {self.rules[index].key} misses {needle!r}"
-                    )
+                    raise InvariantViolated(f"prefilter of rule {self.rules[index].key} misses {needle!r}")
         if len(patterns) != self._prefilter.size:  # pragma: no cover - RegexSet raises first
             raise InvariantViolated("prefilter lost patterns")
 
@@ -223,6 +219,16 @@ class Matcher:
         if candidates and self._always:
             fired.sort()
         return fired
+
+    def prefilter_rates(self, records: Sequence[RequestRecord]) -> list[float | None]:
+        """Per rule, the share of ``records`` that pass its prefilter (``None``: it has none)."""
+        passed = [0] * len(self.rules)
+        for record in records:
+            for member in self._prefilter.matches(_Event(record).haystack()):
+                passed[self._owner[member]] += 1
+        owned = set(self._owner)
+        total = max(len(records), 1)
+        return [passed[index] / total if index in owned else None for index in range(len(self.rules))]
 
     def hits(self, record: RequestRecord) -> list[bool]:
         """Whether each rule (in rule-set order) matches the request."""
@@ -246,4 +252,3 @@ class Matcher:
 def compile_matcher(rules: RuleSet) -> Matcher:
     """Engine 1 for a rule set."""
     return Matcher(rules)
-

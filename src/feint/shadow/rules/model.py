@@ -87,11 +87,6 @@ class RuleSet:
         return self.weights.get(rule.key, rule.weight)
 
     @property
-    def weight_vector(self) -> tuple[float, ...]:
-        """Weights in rule order."""
-        return tuple(self.weight_of(rule) for rule in self.rules)
-
-    @property
     def content_hash(self) -> str:
         """SHA-256 over the rules' content, weights and threshold (order-independent)."""
         digest = hashlib.sha256()

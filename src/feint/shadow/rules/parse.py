@@ -45,8 +45,8 @@ from sigma.types import (
     SpecialChars,
 )
 
-from feint.shadow.record import ascii_lower
 from feint.shadow.errors import RuleInvalid, RulePathMissing, RuleUnsupported
+from feint.shadow.record import ascii_lower
 from feint.shadow.rules import _re2
 from feint.shadow.rules.fields import KEYWORD_SOURCES, Source, is_response_field, mapping_of
 from feint.shadow.rules.ir import (
@@ -157,15 +157,13 @@ def _line_of(text: str, message: str) -> int | None:
 def _invalid(exc: SigmaError, text: str, path: str) -> RuleInvalid:
     message = Exception.__str__(exc)  # SigmaError.__str__ appends the location, kept apart here
     source = exc.source
-    line = source.line if source is not None and source.line is not None else None
+    line = source.line if source is not None else None
     column = source.char if source is not None else None
+    if line is None and "condition" in type(exc).__name__.lower():
+        rows = enumerate(text.splitlines(), start=1)
+        line = next((number for number, row in rows if row.strip().startswith("condition")), None)
     if line is None:
         line = _line_of(text, message)
-    if line is None and "condition" in type(exc).__name__.lower():
-        line = next(
-            (n for n, row in enumerate(text.splitlines(), 1) if row.strip().startswith("condition")),
-            None,
-        )
     return RuleInvalid(message, path=path, line=line, column=column)
 
 
@@ -267,10 +265,7 @@ def _keyword_test(value: object, context: _Context) -> Expr:
     if isinstance(value, SigmaString):
         cased = isinstance(value, SigmaCasedString)
         surrounded = _surround(value)
-        return any_of(
-            _string_test(source, surrounded, cased=cased, context=context)
-            for source in KEYWORD_SOURCES
-        )
+        return any_of(_string_test(source, surrounded, cased=cased, context=context) for source in KEYWORD_SOURCES)
     return any_of(_value_test(source, value, context) for source in KEYWORD_SOURCES)
 
 
@@ -302,8 +297,7 @@ def _value_test(source: Source, value: object, context: _Context) -> Expr:
     if isinstance(value, SigmaCIDRExpression):
         # pySigma's expansion to wildcards; exact for the canonical IPv4 text Feint stores.
         return any_of(
-            _string_test(source, SigmaString(pattern), cased=False, context=context)
-            for pattern in value.expand()
+            _string_test(source, SigmaString(pattern), cased=False, context=context) for pattern in value.expand()
         )
     if isinstance(value, SigmaNull):
         raise context.unsupported("null as a keyword")  # pragma: no cover - pySigma rejects it
@@ -324,12 +318,8 @@ def _string_test(source: Source, value: SigmaString, *, cased: bool, context: _C
             if part is SpecialChars.WILDCARD_MULTI and parts and parts[-1] is part:
                 continue  # '**' is '*'
             parts.append(part)
-        elif isinstance(part, str):
-            text = part if cased else ascii_lower(part)
-            if parts and isinstance(parts[-1], str):
-                parts[-1] += text
-            else:
-                parts.append(text)
+        elif isinstance(part, str):  # pySigma merges adjacent text, so parts alternate
+            parts.append(part if cased else ascii_lower(part))
         else:
             raise context.unsupported(f"placeholder %{part.name}% (the expand modifier)")
     star = SpecialChars.WILDCARD_MULTI
@@ -348,8 +338,7 @@ def _string_test(source: Source, value: SigmaString, *, cased: bool, context: _C
         if starts and ends:
             return Test(source, "contains", literal, cased)
     body = "".join(
-        ".*" if part is star else "." if isinstance(part, SpecialChars) else _re2.escape(part)
-        for part in parts
+        ".*" if part is star else "." if isinstance(part, SpecialChars) else _re2.escape(part) for part in parts
     )
     needle = ascii_lower(max(literals, key=len)) if literals else ""
     return Test(source, "glob", f"(?s)^{body}$", cased, needle)

@@ -23,19 +23,19 @@ and only the result travels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Final, Literal
 
 from feint.shadow.rules import _re2
-from feint.shadow.rules.fields import HAYSTACK_SOURCES, SOURCES, Source
-from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Not, Or, Test, needles
+from feint.shadow.rules.fields import SOURCES, Source
+from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Hint, Not, Test, hints
 from feint.shadow.rules.model import Rule
 
 Dialect = Literal["duckdb", "clickhouse"]
 
-# Literals per prefilter group: RE2 keeps an alternation of a few hundred literals in a small
-# DFA (measured: 100 and 300 literals scan at the same speed; thousands fall off a cliff).
-PREFILTER_NEEDLES_MAX: Final = 250
+# Literals per RE2 alternation: measured on 1M requests, 100 literals scan as fast as 25, while
+# 250 take three times as long (the DFA no longer fits its cache) and thousands fall off a cliff.
+PREFILTER_NEEDLES_MAX: Final = 100
 # Up to this many literals an OR of substring tests stays a chain of contains(); above, one
 # RE2 alternation (DuckDB) or one multiSearchAny (ClickHouse).
 CONTAINS_CHAIN_MAX: Final = 8
@@ -90,14 +90,13 @@ class _Dialect:
             if self.name == "clickhouse"
             else f"regexp_extract({stem}, {self.lit(_EXTENSION)}, 1)"
         )
-        concat = "concat({}, '?', {})".format(stem, query)
+        concat = f"concat({stem}, '?', {query})"
         raw: dict[Source, str] = {
             "c_ip": f"{nullif}(c_ip, '')",
             "cs_method": f"{nullif}(cs_method, '')",
             "cs_uri_stem": f"{nullif}(cs_uri_stem, '')",
             "cs_uri_query": f"{nullif}(cs_uri_query, '')",
-            "uri": f"CASE WHEN {stem} IS NULL THEN NULL WHEN {query} IS NULL THEN {stem} "
-            f"ELSE {concat} END",
+            "uri": f"CASE WHEN {stem} IS NULL THEN NULL WHEN {query} IS NULL THEN {stem} ELSE {concat} END",
             "uri_extension": f"{nullif}({extract}, '')",
             "cs_user_agent": f"{nullif}(cs_user_agent, '')",
             "cs_referer": f"{nullif}(cs_referer, '')",
@@ -116,27 +115,61 @@ class _Dialect:
             f"ELSE translate({column}, '{_UPPER}', '{_UPPER.lower()}') END"
         )
 
-    def haystack(self) -> str:
-        parts = [f"coalesce(l_{source}, '')" for source in HAYSTACK_SOURCES]
+    def prefilter(self, group: Sequence[Hint]) -> str:
+        """Whether any hint of the group holds.
+
+        A group reading one source tests that column: whole values by set membership, prefixes
+        and suffixes by one anchored alternation each (RE2 then reads only the start or, in
+        reverse, the end), substrings by one alternation. A group reading several sources
+        (keyword searches) searches them as lines of one haystack, ``\n`` before and after each:
+        one call per group, since per-row call overhead, not bytes, dominates.
+        """
+        group_sources = _sources_of(group)
+        if len(group_sources) > 1:
+            needles = sorted({_line_needle(hint) for hint in group})
+            return self.coalesce(self.any_literal(_haystack_name(group_sources), needles))
+        column = f"l_{group_sources[0]}"
+        tests: list[str] = []
+        for op in ("eq", "prefix", "suffix", "contains"):
+            literals = sorted(hint.literal for hint in group if hint.op == op)
+            if not literals:
+                continue
+            if op == "eq":
+                tests.append(f"{column} IN ({', '.join(self.lit(n) for n in literals)})")
+            elif op == "contains":
+                tests.append(self.any_literal(column, literals))
+            elif self.name == "clickhouse" or len(literals) <= CONTAINS_CHAIN_MAX:
+                tests.extend(self.test(op, column, literal) for literal in literals)
+            else:
+                body = "|".join(_re2.escape(literal) for literal in literals)
+                anchored = f"^(?:{body})" if op == "prefix" else f"(?:{body})$"
+                tests.append(f"regexp_matches({column}, {self.lit(anchored)})")
+        return self.coalesce("(" + " OR ".join(tests) + ")")
+
+    def haystack(self, group_sources: Sequence[Source]) -> str:
+        """The lines of a group's sources, each between newlines (missing ones empty)."""
+        parts = [f"coalesce(l_{source}, '')" for source in group_sources]
         newline = self.lit("\n")
-        return "concat(" + f", {newline}, ".join([self.lit(""), *parts, self.lit("")]) + ")"
+        return "concat(" + f", {newline}, ".join([newline, *parts, newline]) + ")"
+
+    def any_pattern(self, column: str, patterns: Sequence[str]) -> str:
+        """Whether any RE2 pattern occurs in ``column`` (alternations of bounded size)."""
+        calls = [
+            f"regexp_matches({column}, {self.lit('|'.join(patterns[i : i + PREFILTER_NEEDLES_MAX]))})"
+            for i in range(0, len(patterns), PREFILTER_NEEDLES_MAX)
+        ]
+        return calls[0] if len(calls) == 1 else "(" + " OR ".join(calls) + ")"
 
     def any_literal(self, column: str, literals: Sequence[str]) -> str:
         """Whether any literal occurs in ``column`` (literals already folded as needed)."""
-        batches = [
-            literals[i : i + PREFILTER_NEEDLES_MAX]
-            for i in range(0, len(literals), PREFILTER_NEEDLES_MAX)
+        if self.name == "duckdb":
+            return self.any_pattern(column, [_re2.escape(n) for n in literals])
+        calls = [
+            f"multiSearchAny({column}, [{', '.join(self.lit(n) for n in batch)}])"
+            for batch in (
+                literals[i : i + PREFILTER_NEEDLES_MAX] for i in range(0, len(literals), PREFILTER_NEEDLES_MAX)
+            )
         ]
-        if self.name == "clickhouse":
-            calls = [
-                f"multiSearchAny({column}, [{', '.join(self.lit(n) for n in batch)}])"
-                for batch in batches
-            ]
-        else:
-            calls = [
-                f"regexp_matches({column}, {self.lit('|'.join(_re2.escape(n) for n in batch))})"
-                for batch in batches
-            ]
         return calls[0] if len(calls) == 1 else "(" + " OR ".join(calls) + ")"
 
     def test(self, op: str, column: str, value: str) -> str:
@@ -160,6 +193,26 @@ class _Dialect:
 
 
 _EXTENSION: Final = r"\.([^./]*)$"
+
+
+def _sources_of(group: Sequence[Hint]) -> list[Source]:
+    return sorted({hint.source for hint in group})
+
+
+def _haystack_name(group_sources: Sequence[Source]) -> str:
+    return "hay_" + "_".join(str(SOURCES.index(source)) for source in group_sources)
+
+
+def _line_needle(hint: Hint) -> str:
+    literal = hint.literal
+    return {"eq": f"\n{literal}\n", "prefix": f"\n{literal}", "suffix": f"{literal}\n"}.get(hint.op, literal)
+
+
+def _budget(group: Sequence[Hint]) -> int:
+    """The size of the largest alternation a group's prefilter builds (sets do not count)."""
+    if len(_sources_of(group)) > 1:
+        return len({_line_needle(hint) for hint in group})
+    return max(sum(1 for hint in group if hint.op == op) for op in ("prefix", "suffix", "contains"))
 
 
 def _column(test: Test) -> str:
@@ -207,23 +260,31 @@ def expr_sql(expr: Expr, dialect: Dialect | _Dialect = "duckdb") -> str:
     return "(" + " OR ".join(merged + rest) + ")"
 
 
-def _groups(rules: Sequence[Rule]) -> tuple[list[list[str]], list[int | None]]:
-    """Prefilter groups (their literals) and each rule's group (``None``: always evaluated)."""
-    groups: list[list[str]] = []
-    group_of: list[int | None] = []
-    current: list[str] = []
-    for rule in rules:
-        required = needles(rule.expr)
-        if required is None or not required:
-            group_of.append(None)
-            continue
-        literals = sorted(required)
-        if current and len(current) + len(literals) > PREFILTER_NEEDLES_MAX:
-            groups.append(current)
-            current = []
-        current = current + [n for n in literals if n not in current]
-        group_of.append(len(groups))
-    if current:
+def _groups(rules: Sequence[Rule], hot: Collection[int] = ()) -> tuple[list[list[Hint]], list[int | None]]:
+    """Prefilter groups (their hints) and each rule's group (``None``: always evaluated).
+
+    Rules whose hints read the same sources share groups, so a group scans only those columns
+    (most rules look at the target alone, a short column) and each alternation stays small. A
+    *hot* rule, whose hints hold on much of the traffic, would make its group pass for everyone:
+    it is evaluated on every row instead.
+    """
+    by_sources: dict[frozenset[Source], list[int]] = {}
+    group_of: list[int | None] = [None] * len(rules)
+    found = [hints(rule.expr, strong=True) for rule in rules]
+    for index, required in enumerate(found):
+        if required and index not in hot:
+            key = frozenset(hint.source for hint in required)
+            by_sources.setdefault(key, []).append(index)
+    groups: list[list[Hint]] = []
+    for key in sorted(by_sources, key=sorted):
+        current: list[Hint] = []
+        for index in by_sources[key]:
+            ordered = sorted(found[index] or ())
+            if current and _budget([*current, *ordered]) > PREFILTER_NEEDLES_MAX:
+                groups.append(current)
+                current = []
+            current.extend(hint for hint in ordered if hint not in current)
+            group_of[index] = len(groups)
         groups.append(current)
     return groups, group_of
 
@@ -234,20 +295,23 @@ def select_sql(
     relation: str,
     dialect: Dialect = "duckdb",
     columns: Sequence[str] = ("id",),
+    hot: Collection[int] = (),
 ) -> str:
-    """A query returning ``columns`` and one boolean ``r<i>`` per rule, row for row."""
+    """A query returning ``columns`` and one boolean ``r<i>`` per rule, row for row.
+
+    ``hot`` lists rules (by index) known to pass their prefilter often, e.g. measured on a
+    sample with ``Matcher.prefilter_rates``; it changes the cost of the query, never its result.
+    """
     spelled = _Dialect(dialect)
-    groups, group_of = _groups(rules)
+    groups, group_of = _groups(rules, hot)
     passthrough = list(columns)
     keep = ", ".join([*passthrough, "sc_status"])
     sources = ", ".join(spelled.sources())
     folded = ", ".join(f"{spelled.fold(f's_{source}')} AS l_{source}" for source in SOURCES)
-    prefilters = ", ".join(
-        f"{spelled.any_literal('hay', group)} AS pf_{index}" for index, group in enumerate(groups)
-    )
+    prefilters = ", ".join(f"{spelled.prefilter(group)} AS pf_{index}" for index, group in enumerate(groups))
     outputs: list[str] = []
     for index, rule in enumerate(rules):
-        if needles(rule.expr) == frozenset():
+        if hints(rule.expr) == frozenset():
             outputs.append(f"false AS r{index}")
             continue
         predicate = expr_sql(rule.expr, spelled)
@@ -257,10 +321,15 @@ def select_sql(
         outputs.append(f"{predicate} AS r{index}")
     selected = ", ".join([*passthrough, *outputs]) if outputs or passthrough else "1 AS empty"
     inner = f"SELECT {keep}, {sources} FROM {relation}"
-    middle_columns = ", ".join(
-        [*passthrough, "sc_status", *(f"s_{s}" for s in SOURCES), folded]
-    )
+    middle_columns = ", ".join([*passthrough, "sc_status", *(f"s_{s}" for s in SOURCES), folded])
     middle = f"SELECT {middle_columns} FROM ({inner}) AS raw_sources"
-    hay = f"SELECT *, {spelled.haystack()} AS hay FROM ({middle}) AS folded_sources"
-    filtered = f"SELECT *{', ' + prefilters if prefilters else ''} FROM ({hay}) AS haystacks"
+    stacks = {
+        _haystack_name(sources_): spelled.haystack(sources_)
+        for sources_ in (_sources_of(group) for group in groups)
+        if len(sources_) > 1
+    }
+    if stacks:
+        extra = ", ".join(f"{expression} AS {name}" for name, expression in stacks.items())
+        middle = f"SELECT *, {extra} FROM ({middle}) AS stacked"
+    filtered = f"SELECT *{', ' + prefilters if prefilters else ''} FROM ({middle}) AS folded"
     return f"SELECT {selected} FROM ({filtered}) AS prefiltered"

@@ -1,0 +1,210 @@
+"""The balance cache: a rendered account answer, its version and how long it stays true.
+
+An entry is written through after every commit that changes the account (the writer answers
+its client only after the write), with compare-and-set on the account's version so that a slow
+writer or a reader filling a miss can never replace a newer entry with an older one. An entry
+also carries ``until``: the next instant its balances change by themselves (a grant or a hold
+expiring); past it the entry is not used. So a read is never staler than the last commit the
+reader saw, and never wrong about expiry.
+
+Redis is behind the platform's circuit breaker: after repeated failures reads go to the
+database until a probe succeeds. A write-through that fails leaves Redis possibly stale, so the
+process bumps the cache *generation* (part of every key) as soon as Redis answers again; entries
+also expire after ``cache_ttl_seconds``, which bounds staleness in a partial failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from prometheus_client import Counter, Gauge
+
+from feint.platform.cache import REDIS_TIMEOUT_SECONDS, CircuitBreaker
+
+MEMORY_ENTRIES_MAX = 100_000
+CLOCK_SKEW_SECONDS_MAX = 1.0  # application clocks may run this far behind the database's
+WRITE_THROUGH_KEYS_MAX = 8_192
+
+LOOKUPS = Counter("feint_credits_cache_lookups_total", "Balance cache lookups by result.", ["result"])
+HIT_RATIO = Gauge("feint_credits_cache_hit_ratio", "Share of balance lookups answered from the cache.")
+WRITE_FAILURES = Counter("feint_credits_cache_write_failures_total", "Balance cache write-throughs that failed.")
+
+
+@dataclass(frozen=True)
+class CachedAccount:
+    tenant_id: UUID
+    account_id: UUID
+    version: int
+    until: float | None  # epoch seconds (database clock); None: no scheduled change
+    body: bytes
+
+    def encode(self) -> bytes:
+        return b"%d %s\n" % (self.version, b"-" if self.until is None else repr(self.until).encode()) + self.body
+
+    @classmethod
+    def decode(cls, tenant_id: UUID, account_id: UUID, raw: bytes) -> CachedAccount:
+        head, _, body = raw.partition(b"\n")
+        version, until = head.split(b" ", 1)
+        return cls(tenant_id, account_id, int(version), None if until == b"-" else float(until), body)
+
+    def fresh(self, now: float) -> bool:
+        return self.until is None or now + CLOCK_SKEW_SECONDS_MAX < self.until
+
+
+class BalanceCache(Protocol):
+    async def get(self, tenant_id: UUID, account_id: UUID) -> CachedAccount | None: ...
+    async def put(self, entries: Sequence[CachedAccount]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.lookups = 0
+
+    def record(self, result: str) -> None:
+        LOOKUPS.labels(result).inc()
+        self.lookups += 1
+        self.hits += result == "hit"
+        HIT_RATIO.set(self.hits / self.lookups)
+
+
+class NoCache:
+    """Every read from the database (several processes and no Redis)."""
+
+    async def get(self, tenant_id: UUID, account_id: UUID) -> CachedAccount | None:
+        return None
+
+    async def put(self, entries: Sequence[CachedAccount]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryBalanceCache:
+    """In-process entries: correct only while this process is the only one serving credits."""
+
+    def __init__(self, *, ttl_seconds: float, entries_max: int = MEMORY_ENTRIES_MAX) -> None:
+        self._ttl = ttl_seconds
+        self._max = entries_max
+        self._data: OrderedDict[tuple[UUID, UUID], tuple[float, CachedAccount]] = OrderedDict()
+        self._stats = _Stats()
+
+    async def get(self, tenant_id: UUID, account_id: UUID) -> CachedAccount | None:
+        item = self._data.get((tenant_id, account_id))
+        now = time.time()
+        if item is None or item[0] < time.monotonic() or not item[1].fresh(now):
+            self._stats.record("miss")
+            return None
+        self._stats.record("hit")
+        return item[1]
+
+    async def put(self, entries: Sequence[CachedAccount]) -> None:
+        deadline = time.monotonic() + self._ttl
+        for entry in entries:
+            key = (entry.tenant_id, entry.account_id)
+            current = self._data.get(key)
+            if current is not None and current[1].version >= entry.version:
+                continue
+            self._data[key] = (deadline, entry)
+            self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+_GET_LUA = """
+local g = redis.call('GET', KEYS[1]) or '0'
+return redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])
+"""
+
+# Compare-and-set per entry: write only when the stored version is older (or absent).
+_PUT_LUA = """
+local g = redis.call('GET', KEYS[1]) or '0'
+for i = 3, #ARGV, 3 do
+  local key = ARGV[1] .. g .. ':' .. ARGV[i]
+  local current = redis.call('GET', key)
+  local stored = current and tonumber(string.match(current, '^(%d+)'))
+  if not stored or stored < tonumber(ARGV[i + 1]) then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
+  end
+end
+return 1
+"""
+
+
+class RedisBalanceCache:
+    """Entries shared by every process; calls go through ``breaker`` (the platform's)."""
+
+    def __init__(self, url: str, *, prefix: str, ttl_seconds: float, breaker: CircuitBreaker) -> None:
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
+        self._prefix = prefix + "credits:acct:"
+        self._generation_key = prefix + "credits:generation"
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        self.breaker = breaker
+        self._get = self._client.register_script(_GET_LUA)
+        self._put = self._client.register_script(_PUT_LUA)
+        self._stale = False  # a write-through failed: bump the generation before trusting Redis again
+        self._stats = _Stats()
+
+    async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        if not self.breaker.allow():
+            return _BYPASS
+        try:
+            if self._stale:
+                await self._client.incr(self._generation_key)
+                self._stale = False
+            result = await call()
+        except (redis.exceptions.RedisError, OSError):
+            self.breaker.failure()
+            return _FAILED
+        self.breaker.success()
+        return result
+
+    async def get(self, tenant_id: UUID, account_id: UUID) -> CachedAccount | None:
+        raw = await self._guarded(
+            lambda: self._get(keys=[self._generation_key], args=[self._prefix, f"{tenant_id}:{account_id}"])
+        )
+        if raw is _BYPASS or raw is _FAILED:
+            self._stats.record("bypass" if raw is _BYPASS else "error")
+            return None
+        if raw is None:
+            self._stats.record("miss")
+            return None
+        entry = CachedAccount.decode(tenant_id, account_id, raw)
+        if not entry.fresh(time.time()):
+            self._stats.record("miss")
+            return None
+        self._stats.record("hit")
+        return entry
+
+    async def put(self, entries: Sequence[CachedAccount]) -> None:
+        if not entries:
+            return
+        args: list[Any] = [self._prefix, self._ttl_ms]
+        for entry in entries[:WRITE_THROUGH_KEYS_MAX]:
+            args.extend((f"{entry.tenant_id}:{entry.account_id}", entry.version, entry.encode()))
+        result = await self._guarded(lambda: self._put(keys=[self._generation_key], args=args))
+        if result is _BYPASS or result is _FAILED or len(entries) > WRITE_THROUGH_KEYS_MAX:
+            # Redis may now hold an older entry than the database: invalidate everything once it answers.
+            self._stale = True
+            WRITE_FAILURES.inc()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+_BYPASS = object()
+_FAILED = object()

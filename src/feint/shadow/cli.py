@@ -1,0 +1,98 @@
+"""``feint shadow``: evaluate a candidate rule set offline, import traffic logs.
+
+The root CLI registers ``shadow_app`` as ``feint shadow``. Domain errors print their message and
+exit with status 2 (bad input) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from feint.errors import FeintError
+from feint.shadow.decision import Thresholds
+from feint.shadow.evaluate import evaluate
+from feint.shadow.report import render_html
+from feint.shadow.stats import OBJECTIVES, Objective
+from feint.shadow.traffic import ingest
+
+shadow_app = typer.Typer(help="Prove a detection rule on recorded traffic before it goes live.", no_args_is_help=True)
+
+_err = Console(stderr=True)
+_EXIT_BAD_INPUT = 2
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+
+
+@shadow_app.command("evaluate")
+def evaluate_command(
+    production: Annotated[Path, typer.Option(help="Sigma file or folder in production.")],
+    candidate: Annotated[Path, typer.Option(help="Sigma file or folder to evaluate.")],
+    traffic: Annotated[Path, typer.Option(help="Parquet dataset (feint shadow ingest) or a log file.")],
+    out: Annotated[Path, typer.Option(help="Where to write report.json.")],
+    labels: Annotated[Path | None, typer.Option(help="CSV file with header id,label.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained report.html.")] = None,
+    objective: Annotated[str, typer.Option(help=f"One of {', '.join(OBJECTIVES)}.")] = "f1",
+    confidence_full: Annotated[float, typer.Option(help="Confidence needed for full deployment.")] = 0.75,
+    confidence_canary: Annotated[float, typer.Option(help="Confidence needed for a canary.")] = 0.50,
+    fpr_max: Annotated[float, typer.Option(help="Highest candidate false-positive rate for full deployment.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (recorded in the report).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="DuckDB threads (default: every core).")] = None,
+) -> None:
+    """Evaluate CANDIDATE against PRODUCTION on labeled traffic; write report.json (and .html)."""
+    try:
+        if objective not in OBJECTIVES:
+            raise typer.BadParameter(f"objective must be one of {', '.join(OBJECTIVES)}")
+        thresholds = Thresholds(
+            confidence_full=confidence_full, confidence_canary=confidence_canary, fpr_max=fpr_max,
+            objective=_objective(objective), seed=seed,
+        )  # fmt: skip
+        with _progress(_err) as bar:
+            task = bar.add_task("evaluating", total=None)
+            report = evaluate(
+                production, candidate, traffic=traffic, labels=labels, thresholds=thresholds, threads=threads,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except FeintError as exc:
+        _err.print(f"[red]error:[/red] {exc.detail}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(_EXIT_BAD_INPUT) from exc
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if html is not None:
+        html.write_text(render_html(report), encoding="utf-8")
+    typer.echo(
+        f"{report['decision']} ({report['decision_reason']}), risk {report['risk']}, "
+        f"confidence {report['confidence']}; report written to {out}"
+    )
+
+
+def _objective(name: str) -> Objective:
+    for known in OBJECTIVES:
+        if known == name:
+            return known
+    raise typer.BadParameter(f"objective must be one of {', '.join(OBJECTIVES)}")  # pragma: no cover
+
+
+@shadow_app.command("ingest")
+def ingest_command(
+    logs: Annotated[list[Path], typer.Argument(help="Log files: combined, W3C extended or JSON lines; gzip or plain.")],
+    out: Annotated[Path, typer.Option(help="Parquet dataset to write.")],
+) -> None:
+    """Import traffic logs into a Parquet dataset; report malformed lines."""
+    try:
+        with _progress(_err) as bar:
+            task = bar.add_task("importing", total=None)
+            report = ingest(logs, out, on_progress=lambda rows: bar.update(task, completed=rows))
+    except FeintError as exc:
+        _err.print(f"[red]error:[/red] {exc.detail}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(_EXIT_BAD_INPUT) from exc
+    typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

@@ -1,0 +1,155 @@
+"""The service around the rules: micro-batching, the sweeper task, the operator CLI, no overdraft under load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
+
+from feint.cli import app as feint_cli
+from feint.credits import sweeper
+from feint.credits.config import CreditsSettings
+from feint.credits.engine import Engine
+from feint.credits.service import service_of
+from feint.errors import InvariantViolated
+from feint.settings import get_settings
+from tests.conftest import TEST_MASTER_KEY
+from tests.integration.credits.conftest import Ledger
+
+pytestmark = pytest.mark.integration
+
+
+async def test_concurrent_transfers_share_transactions_and_never_overdraw(ledger: Ledger, clean_db: str) -> None:
+    """200 concurrent transfers among 4 accounts commit in fewer transactions, none overdraws."""
+    accounts = [(await ledger.account())["id"] for _ in range(4)]
+    for account in accounts:
+        await ledger.grant(account, 50)
+    before = REGISTRY.get_sample_value("feint_credits_transaction_operations_count") or 0
+    rng = random.Random(7)
+
+    async def one() -> int:
+        debit, credit = rng.sample(accounts, 2)
+        return (await ledger.transfer(debit, credit, rng.randint(1, 30))).status_code
+
+    codes = await asyncio.gather(*(one() for _ in range(200)))
+    assert set(codes) <= {201, 409} and 201 in codes
+    transactions = (REGISTRY.get_sample_value("feint_credits_transaction_operations_count") or 0) - before
+    assert transactions < 200  # micro-batched
+    with psycopg.connect(clean_db) as conn:
+        negative = conn.execute("SELECT count(*) FROM credit_accounts WHERE no_overdraft AND posted < 0").fetchone()
+        total = conn.execute("SELECT sum(posted) FROM credit_accounts").fetchone()
+        moved = conn.execute("SELECT count(*) FROM credit_transfers WHERE kind = 'transfer'").fetchone()
+    assert negative == (0,) and total == (0,)
+    assert moved == (codes.count(201),)
+    assert (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()["ok"]
+
+
+async def test_a_failing_micro_batch_is_retried_job_by_job(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a combined transaction fails as a whole, every job is retried alone and answered."""
+    a, b = await ledger.account(), await ledger.account()
+    await ledger.grant(a["id"], 10)
+    real = Engine.run
+    calls = {"combined": 0}
+
+    async def flaky(self: Engine, jobs: Any) -> Any:
+        if len(jobs) > 1:
+            calls["combined"] += 1
+            raise InvariantViolated("boom")
+        return await real(self, jobs)
+
+    monkeypatch.setattr(Engine, "run", flaky)
+    answers = await asyncio.gather(*(ledger.transfer(a["id"], b["id"], 1) for _ in range(6)))
+    assert {r.status_code for r in answers} == {201}
+    assert (await ledger.balance(a["id"]))["posted"] == 4
+    assert calls["combined"] >= 1
+
+    async def broken(self: Engine, jobs: Any) -> Any:
+        raise InvariantViolated("always")
+
+    monkeypatch.setattr(Engine, "run", broken)
+    failed = await ledger.transfer(a["id"], b["id"], 1)
+    assert (failed.status_code, failed.json()["type"]) == (500, "/problems/invariant-violated")
+
+
+async def test_sweeper_task_runs_and_stops_with_the_app(ledger_factory: Callable[..., Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an interval set the sweeper runs in the background, survives a failed pass, stops on shutdown."""
+    real = sweeper.sweep_once
+    passes = {"n": 0}
+
+    async def counting(service: Any) -> Any:
+        passes["n"] += 1
+        if passes["n"] == 1:
+            raise RuntimeError("first pass fails")
+        return await real(service)
+
+    monkeypatch.setattr(sweeper, "sweep_once", counting)
+    async with ledger_factory(CreditsSettings(sweeper_interval_seconds=0.05, cache="off")) as ledger:
+        a, b = await ledger.account(), await ledger.account()
+        await ledger.grant(a["id"], 10)
+        hold = (await ledger.client.post("/v1/holds", headers=ledger.write, json={
+            "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 10, "timeout_seconds": 1})).json()
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            state = (await ledger.client.get(f"/v1/holds/{hold['id']}", headers=ledger.read)).json()["state"]
+            if state == "expired":
+                break
+        assert state == "expired"
+        task = service_of(ledger.platform)._sweeper
+        assert task is not None and not task.done()
+    assert task.done()
+    assert passes["n"] >= 2
+
+
+def _run(args: list[str], url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in [n for n in os.environ if n.startswith("FEINT_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"FEINT_DATABASE_URL": url, "FEINT_MASTER_KEY": TEST_MASTER_KEY, "FEINT_HOME": str(home),
+                        "FEINT_LOG_LEVEL": "warning", "FEINT_LOG_FORMAT": "json"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(feint_cli, ["credits", *args])
+    finally:
+        get_settings.cache_clear()
+
+
+def test_operator_cli(clean_db: str, api_key: Callable[..., str], tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`feint credits` opens accounts, grants, shows balances and verifies (exit 1 naming a broken entry)."""
+    api_key(tenant="acme", scope="read")  # creates the tenant
+    made = _run(["create-account", "--tenant", "acme", "--code", "api-calls"], clean_db, tmp_path, monkeypatch)
+    assert made.exit_code == 0, made.output
+    account = orjson.loads(made.stdout)["id"]
+    granted = _run(["grant", "--tenant", "acme", "--account", account, "--amount", "25", "--priority", "3",
+                    "--expires-at", "2099-01-01T00:00:00+00:00"], clean_db, tmp_path, monkeypatch)
+    assert granted.exit_code == 0, granted.output
+    shown = _run(["balance", "--tenant", "acme", "--account", account], clean_db, tmp_path, monkeypatch)
+    assert orjson.loads(shown.stdout)["available"] == 25
+    verified = _run(["audit", "verify"], clean_db, tmp_path, monkeypatch)
+    assert verified.exit_code == 0 and orjson.loads(verified.stdout)["ok"]
+    with psycopg.connect(clean_db, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("UPDATE credit_audit SET body = body || ' '::bytea WHERE seq = 1")
+    broken = _run(["audit", "verify", "--tenant", "acme"], clean_db, tmp_path, monkeypatch)
+    assert broken.exit_code == 1
+    assert "entry 1" in broken.output
+    unknown = _run(["balance", "--tenant", "ghost", "--account", account], clean_db, tmp_path, monkeypatch)
+    assert (unknown.exit_code, "no tenant 'ghost'" in unknown.output) == (1, True)
+    bad_id = _run(["balance", "--tenant", "acme", "--account", "nope"], clean_db, tmp_path, monkeypatch)
+    assert bad_id.exit_code == 2
+    bad_amount = _run(["grant", "--tenant", "acme", "--account", account, "--amount", "0"], clean_db, tmp_path,
+                      monkeypatch)
+    assert (bad_amount.exit_code, "--amount" in bad_amount.output) == (2, True)
+    missing = _run(["balance", "--tenant", "acme", "--account", "00000000-0000-4000-8000-000000000000"], clean_db,
+                   tmp_path, monkeypatch)
+    assert missing.exit_code == 1
