@@ -130,8 +130,8 @@ def main() -> None:
         folder = Path(scratch)
         started = time.perf_counter()
         traffic, labels = generate(folder, rows, args.seed)
-        print(f"generated {rows:,} requests in {time.perf_counter() - started:.1f} s "
-              f"({traffic.stat().st_size / 2**20:.0f} MiB Parquet, {labels.stat().st_size / 2**20:.0f} MiB labels)")  # fmt: skip
+        sizes = f"{traffic.stat().st_size / 2**20:.0f} MiB Parquet, {labels.stat().st_size / 2**20:.0f} MiB labels"
+        print(f"generated {rows:,} requests in {time.perf_counter() - started:.1f} s ({sizes})")
         out = folder / "report.json"
         command = [sys.executable, __file__, "--child", str(traffic), str(labels), str(out)]
         if args.threads:

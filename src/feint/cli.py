@@ -24,6 +24,7 @@ from feint.platform.secrets import derive, load_master_key
 from feint.platform.serve import SERVICES, platform_for, resolve_database, service_app, service_port, uvicorn_server
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
+from feint.shadow.cli import shadow_app
 from feint.shadow.rules_cli import rules_app
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(rules_app, name="rules")
+app.add_typer(shadow_app, name="shadow")
 
 err = Console(stderr=True)
 out = Console()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import signal
 import ssl
 import time
@@ -63,15 +64,11 @@ def resolve_database(settings: Settings) -> DatabaseTarget:
 
 
 def service_app(name: str, platform: Platform) -> FastAPI:
-    """The app of one service by name."""
-    if name == "credits":
-        from feint.credits.app import create
-    elif name == "shadow":
-        from feint.shadow.app import create
-    elif name == "camouflage":
-        from feint.camouflage.app import create
-    else:
+    """The app of one service by name (imported on demand: a pod loads only its own domain)."""
+    if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; choose one of {', '.join(SERVICES)}")
+    module = importlib.import_module(f"feint.{name}.app")
+    create: Callable[[Platform], FastAPI] = module.create
     return create(platform)
 
 

@@ -1,11 +1,13 @@
 """Offline evaluation of a candidate rule set against production, on labeled traffic.
 
-One pass of DuckDB (every core, batches of ``BATCH_ROWS``) evaluates every distinct rule of both
-versions on every request (engine 2, :mod:`.rules.sql`) joined with its label; the batches are
-reduced at once to per-request verdicts and scores, so memory holds a few bytes per labeled
-request, not the dataset. Engine 1 (:mod:`.rules.matcher`) is then timed on a sample of the
-requests for the latency figures, and must agree with engine 2 on every request of that sample
-(an :class:`~feint.errors.InvariantViolated` otherwise).
+First a sample of the requests (``LATENCY_SAMPLE_ROWS``) goes through engine 1
+(:mod:`.rules.matcher`), timed request by request for the latency figures; it must agree with
+engine 2 on every request of the sample (:class:`~feint.errors.InvariantViolated` otherwise), and
+it tells which rules pass their prefilter so often that they should not share one. Then one pass
+of DuckDB (every core, batches of ``BATCH_ROWS``) evaluates every distinct rule of both versions
+on every request (engine 2, :mod:`.rules.sql`) joined with its label; the batches are reduced at
+once to per-request verdicts and scores, so memory holds a few bytes per labeled request, never
+the dataset. Rules identical in both versions are evaluated once.
 
 The result is the report of :mod:`.schema` (a plain dict, ready for JSON).
 """
@@ -47,6 +49,8 @@ from feint.shadow.traffic import EXAMPLES_MAX, IngestReport, ingest
 BATCH_ROWS: Final = 131_072
 LATENCY_SAMPLE_ROWS: Final = 2_000
 LATENCY_SAMPLE_ROWS_MAX: Final = 100_000
+LATENCY_WARMUP_ROWS: Final = 50
+LATENCY_BINS: Final = 30
 DISAGREEMENT_SAMPLES_MAX: Final = 20
 # A rule whose prefilter passes on more of the sample than this is evaluated on every row rather
 # than sharing a prefilter with others (which it would make pass for everyone).
@@ -225,26 +229,34 @@ def _hot_rules(distinct: list[Rule], sample: list[RequestRecord]) -> set[int]:
 def _latency(
     records: list[RequestRecord], versions: tuple[_Version, _Version], sql_flags: list[tuple[bool, bool]]
 ) -> list[dict[str, Any]]:
-    """Per-request latency of engine 1 for each version, after checking it agrees with engine 2."""
-    figures: list[dict[str, Any]] = []
+    """Per-request latency of engine 1 for each version, after checking it agrees with engine 2.
+
+    Each matcher first sees ``LATENCY_WARMUP_ROWS`` requests untimed (first calls pay for cold
+    caches); both histograms share their bins, so the page can draw them on one axis.
+    """
+    timings: list[npt.NDArray[np.float64]] = []
     for position, version in enumerate(versions):
         matcher = Matcher(version.rules)
-        timings = np.empty(len(records), dtype=np.float64)
+        for record in records[:LATENCY_WARMUP_ROWS]:
+            matcher.evaluate(record)
+        measured = np.empty(len(records), dtype=np.float64)
         for index, record in enumerate(records):
             started = time.perf_counter_ns()
             verdict = matcher.evaluate(record)
-            timings[index] = (time.perf_counter_ns() - started) / 1_000.0
+            measured[index] = (time.perf_counter_ns() - started) / 1_000.0
             if verdict.flagged != sql_flags[index][position]:
                 raise InvariantViolated(f"engines disagree on request {record.id!r} ({version.rules.name})")
-        figures.append(_distribution(timings))
-    return figures
+        timings.append(measured)
+    top = max((float(np.percentile(t, 99)) for t in timings if len(t)), default=0.0) * 1.5
+    edges = np.linspace(0.0, top or 1.0, LATENCY_BINS + 1)
+    return [_distribution(measured, edges) for measured in timings]
 
 
-def _distribution(timings: npt.NDArray[np.float64]) -> dict[str, Any]:
+def _distribution(timings: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) -> dict[str, Any]:
     if len(timings) == 0:
         return {"p50": None, "p95": None, "p99": None, "max": None, "samples": 0, "histogram": None}
     p50, p95, p99 = (float(v) for v in np.percentile(timings, [50, 95, 99]))
-    counts, edges = np.histogram(np.minimum(timings, p99 * 2), bins=24)
+    counts, _ = np.histogram(np.minimum(timings, edges[-1]), bins=edges)  # the last bin holds the tail
     return {
         "p50": p50,
         "p95": p95,
@@ -390,6 +402,7 @@ def evaluate(
                 relation, unknown = f"(SELECT *, CAST(NULL AS TINYINT) AS label FROM {source})", 0
             total = int(connection.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
             records, sql_flags = _sample(connection, dataset, distinct, versions, latency_rows, thresholds.seed)
+            latency = _latency(records, versions, sql_flags)
             query = select_sql(
                 distinct, relation=f"{relation} AS requests", columns=("id", "label"), hot=_hot_rules(distinct, records)
             )
@@ -397,7 +410,6 @@ def evaluate(
             requests = _requests(connection, dataset, [s["id"] for s in tally.disagreement_samples])
         finally:
             connection.close()
-        latency = _latency(records, versions, sql_flags)
         inputs = {
             "production": {"name": versions_in[0].name, "sha256": versions_in[0].content_hash},
             "candidate": {"name": versions_in[1].name, "sha256": versions_in[1].content_hash},

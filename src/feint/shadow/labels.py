@@ -185,32 +185,39 @@ def _table(rows: list[tuple[str, int, int]]) -> pa.Table:
 
 
 def _deduplicate(staging: Path, out: Path, report: LabelsReport) -> None:
-    """Keep one row per id; ids with conflicting labels become malformed (DuckDB spills to disk)."""
+    """Keep one row per id; ids with conflicting labels become malformed (DuckDB spills to disk).
+
+    One aggregation per id (labels seen, lines, first line) is kept in a temporary table; every
+    count and the output are read from it rather than grouping the file again.
+    """
     source = f"read_parquet({_quote(str(staging))})"
-    conflicting = f"SELECT id FROM {source} GROUP BY id HAVING count(DISTINCT label) > 1"
     connection = duckdb.connect()
     try:
-        conflicts = connection.execute(f"SELECT count(*) FROM {source} WHERE id IN ({conflicting})").fetchall()[0][0]
-        examples = connection.execute(
-            f"SELECT id, label, line FROM {source} WHERE id IN ({conflicting}) ORDER BY line LIMIT {EXAMPLES_MAX}"
-        ).fetchall()
-        totals = connection.execute(
-            f"SELECT count(*), count(DISTINCT id) FROM {source} WHERE id NOT IN ({conflicting})"
-        ).fetchall()[0]
         connection.execute(
-            f"COPY (SELECT id, any_value(label) AS label, min(line) AS line FROM {source} "
-            f"WHERE id NOT IN ({conflicting}) GROUP BY id ORDER BY line) "
+            f"CREATE TEMP TABLE per_id AS SELECT id, min(label) AS low, max(label) AS high, "
+            f"count(*) AS lines, min(line) AS first FROM {source} GROUP BY id"
+        )
+        totals = connection.execute(
+            "SELECT coalesce(sum(lines) FILTER (WHERE low <> high), 0), count(*) FILTER (WHERE low = high), "
+            "coalesce(sum(lines - 1) FILTER (WHERE low = high), 0) FROM per_id"
+        ).fetchall()[0]
+        examples = connection.execute(
+            f"SELECT s.id, s.label, s.line FROM {source} AS s JOIN (SELECT id FROM per_id WHERE low <> high "
+            f"ORDER BY first LIMIT {EXAMPLES_MAX}) USING (id) ORDER BY s.line LIMIT {EXAMPLES_MAX}"
+        ).fetchall()
+        connection.execute(
+            f"COPY (SELECT id, low AS label, first AS line FROM per_id WHERE low = high ORDER BY first) "
             f"TO {_quote(str(out))} (FORMAT parquet)"
         )
     finally:
         connection.close()
-    report.malformed += int(conflicts)
+    report.malformed += int(totals[0])
     for request_id, label, line in examples:
         if len(report.examples) < EXAMPLES_MAX:
             shown = f"{request_id},{label}"
             report.examples.append(LineProblem(report.path, int(line), "id labelled 0 and 1", shown))
     report.labeled = int(totals[1])
-    report.duplicates = int(totals[0]) - int(totals[1])
+    report.duplicates = int(totals[2])
     if report.labeled == 0:
         raise LabelsInvalid("no usable label in the file", path=report.path)
 

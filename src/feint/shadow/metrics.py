@@ -138,7 +138,7 @@ def score_counts(labels: IntArray, scores: npt.NDArray[np.number]) -> ScoreCount
     distinct, inverse = np.unique(scores, return_inverse=True)
     positive = np.bincount(inverse, weights=(labels == 1), minlength=len(distinct))
     negative = np.bincount(inverse, weights=(labels != 1), minlength=len(distinct))
-    return ScoreCounts(positive, negative)
+    return ScoreCounts(positive.astype(np.float64), negative.astype(np.float64))
 
 
 def auc_roc(labels: IntArray, scores: npt.NDArray[np.number], counts: ScoreCounts | None = None) -> Value:

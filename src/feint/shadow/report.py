@@ -14,6 +14,7 @@ from typing import Any, Final
 
 RULES_SHOWN_MAX: Final = 25
 TEXT_CHARS_MAX: Final = 120
+TITLE_CHARS_MAX: Final = 58
 _COLOURS: Final = {"production": "#6b7280", "candidate": "#2563eb"}
 _DECISION_COLOURS: Final = {
     "APPROVE_FULL_DEPLOYMENT": "#15803d",
@@ -110,11 +111,13 @@ def confusion_svg(block: dict[str, Any], title: str, size: int = 200) -> str:
     return _svg(size + 40, size, body, f"confusion matrix of {title}")
 
 
-def latency_svg(report: dict[str, Any], width: int = 520, height: int = 180) -> str:
-    """Histograms of per-request matcher latency, both versions."""
+def latency_svg(report: dict[str, Any], width: int = 560, height: int = 180) -> str:
+    """Histograms of per-request matcher latency, both versions, on shared bins."""
     body = [f'<line x1="30" y1="{height - 24}" x2="{width - 8}" y2="{height - 24}" stroke="#9ca3af"/>']
+    edges: list[float] = []
     for offset, version in enumerate(("production", "candidate")):
-        histogram = (report[version].get("latency_us") or {}).get("histogram")
+        latency = report[version].get("latency_us") or {}
+        histogram = latency.get("histogram")
         if not histogram:
             continue
         counts, edges = histogram["counts"], histogram["edges"]
@@ -122,19 +125,20 @@ def latency_svg(report: dict[str, Any], width: int = 520, height: int = 180) -> 
         for index, count in enumerate(counts):
             high = (height - 40) * count / tallest
             x = 30 + index * bar + offset * bar / 2
+            title = f"{_e(version)}: {count} requests, {edges[index]:.1f}–{edges[index + 1]:.1f} µs"
             body.append(
                 f'<rect x="{x:.1f}" y="{height - 24 - high:.1f}" width="{bar / 2 - 1:.1f}" height="{high:.1f}" '
-                f'fill="{_COLOURS[version]}"><title>{_e(version)}: {count} requests, '
-                f"{edges[index]:.1f}–{edges[index + 1]:.1f} µs</title></rect>"
+                f'fill="{_COLOURS[version]}"><title>{title}</title></rect>'
             )
         body.append(
-            f'<text x="{width - 8}" y="{14 + 14 * offset}" text-anchor="end" font-size="11" fill="{_COLOURS[version]}">'
-            f"{_e(version)} p50 {_num(report[version]['latency_us']['p50'], 3)} µs, "
-            f"p99 {_num(report[version]['latency_us']['p99'], 3)} µs</text>"
+            f'<text x="{width - 8}" y="{14 + 14 * offset}" text-anchor="end" font-size="11" '
+            f'fill="{_COLOURS[version]}">{_e(version)} p50 {_num(latency["p50"], 3)} µs, '
+            f"p99 {_num(latency['p99'], 3)} µs</text>"
         )
+    if edges:
         body.append(f'<text x="30" y="{height - 8}" font-size="10">{edges[0]:.0f} µs</text>')
         body.append(
-            f'<text x="{width - 8}" y="{height - 8}" text-anchor="end" font-size="10">{edges[-1]:.0f} µs</text>'
+            f'<text x="{width - 8}" y="{height - 8}" text-anchor="end" font-size="10">≥ {edges[-2]:.0f} µs</text>'
         )
     return _svg(width, height, body, "matcher latency distribution")
 
@@ -155,7 +159,9 @@ def hits_svg(report: dict[str, Any], width: int = 1000) -> str:
         attack, benign = rule["hits_attack"] * scale, rule["hits_benign"] * scale
         other = (rule["hits"] - rule["hits_attack"] - rule["hits_benign"]) * scale
         where = "both" if len(rule["in"]) == 2 else rule["in"][0]
-        body.append(f'<text x="0" y="{y + 13}" font-size="11">{_clip(rule["title"])[:70]} ({_e(where)})</text>')
+        title = str(rule["title"])
+        title = title if len(title) <= TITLE_CHARS_MAX else title[: TITLE_CHARS_MAX - 1] + "…"
+        body.append(f'<text x="0" y="{y + 13}" font-size="11">{_e(title)} ({_e(where)})</text>')
         body.append(f'<rect x="{label_width}" y="{y + 3}" width="{attack:.1f}" height="12" fill="#b91c1c"/>')
         x = label_width + attack
         body.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{benign:.1f}" height="12" fill="#f59e0b"/>')

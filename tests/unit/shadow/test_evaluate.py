@@ -169,4 +169,14 @@ def test_empty_rule_sets(dataset: tuple[Path, Path, dict[str, int]]) -> None:
     assert report["candidate"]["precision"] is None and report["candidate"]["recall"] == 0.0
     assert report["decision_reason"] == "no-change"
     assert report["production"]["latency_us"]["p50"] is not None
-    assert evaluation._distribution(np.zeros(0))["p50"] is None
+    assert evaluation._distribution(np.zeros(0), np.linspace(0, 1, 3))["p50"] is None
+
+
+def test_without_a_latency_sample(dataset: tuple[Path, Path, dict[str, int]]) -> None:
+    """latency_rows=0 skips the timed sample: latency figures are null, the rest is unchanged."""
+    traffic, csv, _ = dataset
+    report = evaluate(
+        rule_set(starter_rules()[:2]), rule_set(starter_rules()), traffic=traffic, labels=csv, latency_rows=0
+    )
+    assert report["candidate"]["latency_us"]["p99"] is None and report["candidate"]["latency_us"]["samples"] == 0
+    assert validate_report(report) == []

@@ -35,6 +35,16 @@ def test_rule_metadata() -> None:
     assert compiled.expr == ir.Test("cs_method", "eq", "post")
 
 
+def test_content_hash_ignores_where_the_rule_was_read() -> None:
+    """The same rule text hashes the same from any path; a changed detection hashes differently."""
+    text = sigma("sel:\n  cs-method: POST\ncondition: sel")
+    (a,) = parse_rules(text, path="a.yml")
+    (b,) = parse_rules(text, path="/elsewhere/b.yml")
+    (c,) = parse_rules(sigma("sel:\n  cs-method: PUT\ncondition: sel"), path="a.yml")
+    assert a.content_hash == b.content_hash
+    assert a.content_hash != c.content_hash
+
+
 def test_rule_without_id_or_level() -> None:
     """A rule without id is keyed by its content hash; without level it counts as medium."""
     text = sigma("sel:\n  cs-method: POST\ncondition: sel").replace("level: high\n", "")
@@ -103,6 +113,8 @@ def test_query_fields_match_the_query_or_the_whole_target() -> None:
     )
     assert rule("sel:\n  cs-uri-query|endswith: /bash\ncondition: sel").expr == ir.Test("uri", "suffix", "/bash")
     assert rule("sel:\n  cs-uri-query: null\ncondition: sel").expr == ir.Test("cs_uri_query", "null")
+    assert rule("sel:\n  cs-uri-query: ''\ncondition: sel").expr == ir.Test("cs_uri_query", "null")
+    assert rule("sel:\n  cs-uri-query: '*'\ncondition: sel").expr == Not(ir.Test("cs_uri_query", "null"))
 
 
 def test_keywords_search_the_whole_event() -> None:
@@ -144,6 +156,8 @@ def test_unrecorded_fields_are_constants() -> None:
     assert compiled.expr == FALSE
     assert compiled.unrecorded_fields == ("cs-username",)
     assert rule("sel:\n  cs-cookie: null\ncondition: sel").expr == TRUE
+    assert rule("sel:\n  cs-cookie: ''\ncondition: sel").expr == TRUE
+    assert rule("sel:\n  cs-cookie: '*'\ncondition: sel").expr == FALSE
     assert rule("sel:\n  dst_ip|exists: true\ncondition: sel").expr == FALSE
     assert rule("sel:\n  dst_ip|exists: false\ncondition: sel").expr == TRUE
     assert rule("sel:\n  sc-bytes|gt: 5\ncondition: sel").expr == FALSE

@@ -39,6 +39,7 @@ s-computername, c-uri-scheme,
 cs-mime-type, dst_port, src_port
 =====================================  ===============  =============  ==============================
 
+``null`` and ``''`` test the "null check" column (missing or empty), ``'*'`` its opposite.
 Keyword (value-only) searches match when the value occurs in any of the request line, user
 agent, referer or host (``KEYWORD_SOURCES``). Field names are matched case-insensitively; any
 other field name is an unsupported feature, so a typo is reported instead of silently never

@@ -172,6 +172,10 @@ def _content_hash(rule: SigmaRule) -> str:
         plain: Any = rule.to_dict()
     except SigmaError:  # pragma: no cover - only after processing pipelines, which Feint skips
         plain = repr(rule)
+    # The hash names the rule's content, not where it was read from: pySigma puts the file's
+    # location into the log source, which would make one rule hash differently per path.
+    if isinstance(plain, dict) and isinstance(plain.get("logsource"), dict):
+        plain["logsource"].pop("source", None)
     canonical = json.dumps(plain, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -225,15 +229,17 @@ def _field_test(field: str, value: object, context: _Context) -> Expr:
         return any_of(_field_test(field, item, context) for item in value.values)
     if not mapping.values or mapping.presence is None:
         context.unrecorded.add(field.lower())
-        if isinstance(value, SigmaNull):
+        if isinstance(value, SigmaNull) or _is_empty(value):
             return TRUE
         if isinstance(value, SigmaExists):
             return FALSE if value.exists else TRUE
         if not isinstance(value, SigmaCompareExpression):
             _value_test("c_ip", value, context)  # still reject what is unsupported anywhere
         return FALSE
-    if isinstance(value, SigmaNull):
+    if isinstance(value, SigmaNull) or _is_empty(value):
         return Test(mapping.presence, "null")
+    if _is_star(value):  # '*': the field holds something; a question for its null check
+        return negate(Test(mapping.presence, "null"))
     if isinstance(value, SigmaExists):
         present = negate(Test(mapping.presence, "null"))
         return present if value.exists else negate(present)
@@ -245,6 +251,18 @@ def _field_test(field: str, value: object, context: _Context) -> Expr:
     if len(tests) == 2 and _implied(tests[0], tests[1]):
         return tests[1]
     return any_of(tests)
+
+
+def _is_empty(value: object) -> bool:
+    return isinstance(value, SigmaString) and not value.s
+
+
+def _is_star(value: object) -> bool:
+    return (
+        isinstance(value, SigmaString)
+        and bool(value.s)
+        and all(part is SpecialChars.WILDCARD_MULTI for part in value.s)
+    )
 
 
 def _implied(query: Expr, uri: Expr) -> bool:
@@ -324,7 +342,7 @@ def _string_test(source: Source, value: SigmaString, *, cased: bool, context: _C
             raise context.unsupported(f"placeholder %{part.name}% (the expand modifier)")
     star = SpecialChars.WILDCARD_MULTI
     literals = [part for part in parts if isinstance(part, str)]
-    if not parts:  # '' is Sigma's "empty", and an empty value is a missing one
+    if not parts:  # pragma: no cover - fields answer '' with their presence test before this
         return Test(source, "null")
     if parts == [star]:
         return negate(Test(source, "null"))
