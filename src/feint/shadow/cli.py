@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,10 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from feint.errors import FeintError
 from feint.shadow.decision import Thresholds
-from feint.shadow.evaluate import evaluate
-from feint.shadow.report import render_html
+from feint.shadow.errors import RulePathMissing
 from feint.shadow.stats import OBJECTIVES, Objective
-from feint.shadow.traffic import ingest
+
+if TYPE_CHECKING:
+    from feint.shadow.rules.model import RuleSet
 
 shadow_app = typer.Typer(help="Prove a detection rule on recorded traffic before it goes live.", no_args_is_help=True)
 
@@ -36,8 +37,8 @@ def _progress(console: Console) -> Progress:
 
 @shadow_app.command("evaluate")
 def evaluate_command(
-    production: Annotated[Path, typer.Option(help="Sigma file or folder in production.")],
-    candidate: Annotated[Path, typer.Option(help="Sigma file or folder to evaluate.")],
+    production: Annotated[str, typer.Option(help="Sigma file or folder, or a stored version NAME[@N].")],
+    candidate: Annotated[str, typer.Option(help="Sigma file or folder, or a stored version NAME[@N].")],
     traffic: Annotated[Path, typer.Option(help="Parquet dataset (feint shadow ingest) or a log file.")],
     out: Annotated[Path, typer.Option(help="Where to write report.json.")],
     labels: Annotated[Path | None, typer.Option(help="CSV file with header id,label.")] = None,
@@ -48,8 +49,18 @@ def evaluate_command(
     fpr_max: Annotated[float, typer.Option(help="Highest candidate false-positive rate for full deployment.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (recorded in the report).")] = 0,
     threads: Annotated[int | None, typer.Option(help="DuckDB threads (default: every core).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(envvar="FEINT_TENANT", help="Tenant of stored versions (NAME or NAME@N).")
+    ] = None,
 ) -> None:
-    """Evaluate CANDIDATE against PRODUCTION on labeled traffic; write report.json (and .html)."""
+    """Evaluate CANDIDATE against PRODUCTION on labeled traffic; write report.json (and .html).
+
+    Each of PRODUCTION and CANDIDATE is a Sigma file, a folder of Sigma files, or a stored rule-set
+    version of the tenant: ``NAME`` (its production version) or ``NAME@N``."""
+    # Imported here: the engines pull in DuckDB, pyarrow and pandas, which no other command needs.
+    from feint.shadow.evaluate import evaluate
+    from feint.shadow.report import render_html
+
     try:
         if objective not in OBJECTIVES:
             raise typer.BadParameter(f"objective must be one of {', '.join(OBJECTIVES)}")
@@ -57,11 +68,13 @@ def evaluate_command(
             confidence_full=confidence_full, confidence_canary=confidence_canary, fpr_max=fpr_max,
             objective=_objective(objective), seed=seed,
         )  # fmt: skip
+        production_rules = _rule_source(production, tenant=tenant)
+        candidate_rules = _rule_source(candidate, tenant=tenant)
         with _progress(_err) as bar:
             task = bar.add_task("evaluating", total=None)
             report = evaluate(
-                production, candidate, traffic=traffic, labels=labels, thresholds=thresholds, threads=threads,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                production_rules, candidate_rules, traffic=traffic, labels=labels, thresholds=thresholds,
+                threads=threads, on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
     except FeintError as exc:
         _err.print(f"[red]error:[/red] {exc.detail}", markup=True, highlight=False, soft_wrap=True)
@@ -73,6 +86,18 @@ def evaluate_command(
         f"{report['decision']} ({report['decision_reason']}), risk {report['risk']}, "
         f"confidence {report['confidence']}; report written to {out}"
     )
+
+
+def _rule_source(value: str, *, tenant: str | None) -> Path | RuleSet:
+    """A file or folder that exists is read as Sigma; anything else names a stored version."""
+    path = Path(value)
+    if path.exists():
+        return path
+    if tenant is None:
+        raise RulePathMissing(path=f"{value} (for a stored version NAME[@N], pass --tenant)")
+    from feint.shadow.rules_cli import stored_rule_set  # the database is needed only here
+
+    return stored_rule_set(tenant=tenant, ref=value)
 
 
 def _objective(name: str) -> Objective:
@@ -88,6 +113,8 @@ def ingest_command(
     out: Annotated[Path, typer.Option(help="Parquet dataset to write.")],
 ) -> None:
     """Import traffic logs into a Parquet dataset; report malformed lines."""
+    from feint.shadow.traffic import ingest
+
     try:
         with _progress(_err) as bar:
             task = bar.add_task("importing", total=None)

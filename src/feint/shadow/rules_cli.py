@@ -61,7 +61,7 @@ def _run(tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]]) -> T:
     """Migrate, open the database, find the tenant (its starter set ensured) and run ``work``;
     a FeintError is one red line and exit code 1."""
     settings = get_settings()
-    configure_logging(level="warning", fmt=settings.log_format)
+    configure_logging(level="warning", fmt=settings.log_format, stderr=True)
     try:
         target = resolve_database(settings)
         try:

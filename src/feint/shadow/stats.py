@@ -21,14 +21,21 @@ interval of the defined resamples.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as scipy_stats
 
 from feint.errors import InvariantViolated
 from feint.shadow.metrics import Confusion
+
+
+def _scipy_stats() -> Any:
+    # scipy.stats costs half a second to import; only evaluations need it, not every CLI start.
+    from scipy import stats
+
+    return stats
+
 
 MCNEMAR_EXACT_BELOW: Final = 25
 RESAMPLES_MAX: Final = 100_000
@@ -55,11 +62,11 @@ def mcnemar(b: int, c: int) -> TestResult:
         raise InvariantViolated("discordant counts must not be negative")
     n = b + c
     if n < MCNEMAR_EXACT_BELOW:
-        p = min(1.0, 2.0 * float(scipy_stats.binom.cdf(min(b, c), n, 0.5)))
+        p = min(1.0, 2.0 * float(_scipy_stats().binom.cdf(min(b, c), n, 0.5)))
         reason = "no discordant pairs: the versions agree on every labeled request" if n == 0 else None
         return TestResult(p, float(min(b, c)), "exact-binomial", reason)
     statistic = (abs(b - c) - 1.0) ** 2 / n
-    return TestResult(float(scipy_stats.chi2.sf(statistic, 1)), statistic, "chi2-continuity")
+    return TestResult(float(_scipy_stats().chi2.sf(statistic, 1)), statistic, "chi2-continuity")
 
 
 def chi2_predictions(c: Confusion) -> TestResult:
@@ -72,7 +79,7 @@ def chi2_predictions(c: Confusion) -> TestResult:
     difference = expected - observed
     corrected = observed + np.minimum(0.5, np.abs(difference)) * np.sign(difference)
     statistic = float(((corrected - expected) ** 2 / expected).sum())
-    return TestResult(float(scipy_stats.chi2.sf(statistic, 1)), statistic, "chi2-yates")
+    return TestResult(float(_scipy_stats().chi2.sf(statistic, 1)), statistic, "chi2-yates")
 
 
 def paired_cells(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,6 +76,24 @@ def test_rules_cli_and_service_share_the_repository(clean_db: str, tmp_path: Pat
         history = httpx.get(f"{base}/v1/rulesets/web/history?limit=1", headers=headers).json()["items"]
         assert history[0]["event"] == "rollback" and history[0]["actor"] == "cli:ops"
         assert history[0]["reason"] == "false positives"
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(
+        json.dumps({"id": "a", "cs-method": "GET", "cs-uri-stem": "/", "cs-uri-query": "id=1 union all select 2"})
+        + "\n"
+        + json.dumps({"id": "b", "cs-method": "GET", "cs-uri-stem": "/shop", "cs-uri-query": ""})
+        + "\n"
+    )
+    out = tmp_path / "report.json"
+    evaluated = feint(
+        "shadow", "evaluate", "--production", "web@1", "--candidate", "web@2", "--traffic", str(log), "--out", str(out),
+        env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(out.read_text())
+    assert report["dataset"]["rows"] == 2
+    # Version 2's keyword ("union all select") matches the first request; version 1's does not.
+    assert [r["hits"] for r in report["production"]["hits_per_rule"].values()] == [0]
+    assert [r["hits"] for r in report["candidate"]["hits_per_rule"].values()] == [1]
 
 
 @contextmanager

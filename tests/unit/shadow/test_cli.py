@@ -52,6 +52,7 @@ def test_evaluate_reports_bad_input(tmp_path: Path) -> None:
                                         str(starter_rules_path()), *common])  # fmt: skip
     assert result.exit_code == 2
     assert "no Sigma file or folder" in result.output
+    assert "pass --tenant" in result.output
     result = runner.invoke(shadow_app, ["evaluate", "--production", str(starter_rules_path()), "--candidate",
                                         str(starter_rules_path()), "--objective", "auc", *common])  # fmt: skip
     assert result.exit_code == 2
