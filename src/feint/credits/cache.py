@@ -31,6 +31,8 @@ from feint.platform.cache import REDIS_TIMEOUT_SECONDS, CircuitBreaker
 MEMORY_ENTRIES_MAX = 100_000
 CLOCK_SKEW_SECONDS_MAX = 1.0  # application clocks may run this far behind the database's
 WRITE_THROUGH_KEYS_MAX = 8_192
+_BYPASS = object()  # the breaker is open: Redis was not asked
+_FAILED = object()  # Redis was asked and failed
 
 LOOKUPS = Counter("feint_credits_cache_lookups_total", "Balance cache lookups by result.", ["result"])
 HIT_RATIO = Gauge("feint_credits_cache_hit_ratio", "Share of balance lookups answered from the cache.")
@@ -43,19 +45,33 @@ class CachedAccount:
     account_id: UUID
     version: int
     until: float | None  # epoch seconds (database clock); None: no scheduled change
-    body: bytes
+    body: bytes  # empty: a tombstone (the account changed to ``version``; read it from the database)
+
+    @property
+    def tombstone(self) -> bool:
+        return not self.body
 
     def encode(self) -> bytes:
+        if self.tombstone:
+            return b"%d T\n" % self.version
         return b"%d %s\n" % (self.version, b"-" if self.until is None else repr(self.until).encode()) + self.body
 
     @classmethod
     def decode(cls, tenant_id: UUID, account_id: UUID, raw: bytes) -> CachedAccount:
         head, _, body = raw.partition(b"\n")
         version, until = head.split(b" ", 1)
+        if until == b"T":
+            return cls(tenant_id, account_id, int(version), None, b"")
         return cls(tenant_id, account_id, int(version), None if until == b"-" else float(until), body)
 
     def fresh(self, now: float) -> bool:
-        return self.until is None or now + CLOCK_SKEW_SECONDS_MAX < self.until
+        return not self.tombstone and (self.until is None or now + CLOCK_SKEW_SECONDS_MAX < self.until)
+
+    def replaces(self, current: CachedAccount | None) -> bool:
+        """Compare-and-set: a newer version wins; at the same version an answer replaces a tombstone."""
+        if current is None or current.version < self.version:
+            return True
+        return current.version == self.version and current.tombstone and not self.tombstone
 
 
 class BalanceCache(Protocol):
@@ -112,7 +128,7 @@ class MemoryBalanceCache:
         for entry in entries:
             key = (entry.tenant_id, entry.account_id)
             current = self._data.get(key)
-            if current is not None and current[1].version >= entry.version:
+            if not entry.replaces(current[1] if current else None):
                 continue
             self._data[key] = (deadline, entry)
             self._data.move_to_end(key)
@@ -128,15 +144,22 @@ local g = redis.call('GET', KEYS[1]) or '0'
 return redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])
 """
 
-# Compare-and-set per entry: write only when the stored version is older (or absent).
+# Compare-and-set per entry, the rule of `CachedAccount.replaces`: write when the stored version
+# is older (or absent), or equal and a tombstone ("<version> T") that a full entry replaces.
 _PUT_LUA = """
 local g = redis.call('GET', KEYS[1]) or '0'
-for i = 3, #ARGV, 3 do
+for i = 3, #ARGV, 4 do
   local key = ARGV[1] .. g .. ':' .. ARGV[i]
+  local version = tonumber(ARGV[i + 1])
   local current = redis.call('GET', key)
-  local stored = current and tonumber(string.match(current, '^(%d+)'))
-  if not stored or stored < tonumber(ARGV[i + 1]) then
-    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
+  local write = true
+  if current then
+    local stored, mark = string.match(current, '^(%d+) (%S+)')
+    stored = tonumber(stored)
+    write = stored < version or (stored == version and mark == 'T' and ARGV[i + 2] == 'F')
+  end
+  if write then
+    redis.call('SET', key, ARGV[i + 3], 'PX', ARGV[2])
   end
 end
 return 1
@@ -184,7 +207,7 @@ class RedisBalanceCache:
             self._stats.record("miss")
             return None
         entry = CachedAccount.decode(tenant_id, account_id, raw)
-        if not entry.fresh(time.time()):
+        if not entry.fresh(time.time()):  # a tombstone or past its until
             self._stats.record("miss")
             return None
         self._stats.record("hit")
@@ -195,7 +218,8 @@ class RedisBalanceCache:
             return
         args: list[Any] = [self._prefix, self._ttl_ms]
         for entry in entries[:WRITE_THROUGH_KEYS_MAX]:
-            args.extend((f"{entry.tenant_id}:{entry.account_id}", entry.version, entry.encode()))
+            kind = "T" if entry.tombstone else "F"
+            args.extend((f"{entry.tenant_id}:{entry.account_id}", entry.version, kind, entry.encode()))
         result = await self._guarded(lambda: self._put(keys=[self._generation_key], args=args))
         if result is _BYPASS or result is _FAILED or len(entries) > WRITE_THROUGH_KEYS_MAX:
             # Redis may now hold an older entry than the database: invalidate everything once it answers.
@@ -204,7 +228,3 @@ class RedisBalanceCache:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-_BYPASS = object()
-_FAILED = object()

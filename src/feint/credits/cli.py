@@ -36,7 +36,7 @@ M = TypeVar("M", bound=BaseModel)
 def _run(body: Callable[[Credits, uuid.UUID | None], Awaitable[T]], *, tenant: str | None) -> T:
     """Resolve and migrate the database, open a platform and the service, run ``body(service, tenant_id)``."""
     settings = get_settings()
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, stderr=True)  # stdout carries the answer
     credits_settings = load_credits_settings().model_copy(update={"sweeper_interval_seconds": 0, "cache": "off"})
 
     async def main(platform: Platform) -> T:

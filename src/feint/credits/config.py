@@ -38,7 +38,7 @@ class CreditsSettings(BaseSettings):
         256, gt=0, le=8_190, description="Concurrent single operations committed together in one transaction."
     )
     micro_batch_workers: int = Field(
-        4, gt=0, le=64, description="Transactions a process runs at once for single operations."
+        2, gt=0, le=64, description="Transactions a process runs at once for single operations."
     )
 
 

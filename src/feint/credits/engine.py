@@ -68,7 +68,8 @@ TRANSACTIONS = Counter("feint_credits_transactions_total", "Ledger transactions 
 OPERATIONS = Counter("feint_credits_operations_total", "Ledger operations by result.", ["result"])
 BATCH_SIZE = Histogram(
     "feint_credits_transaction_operations",
-    "Operations committed per ledger transaction.",
+    "Operations committed per ledger transaction (source: single requests micro-batched, or a batch request).",
+    ["source"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8190),
 )
 TRANSACTION_SECONDS = Histogram(
@@ -78,6 +79,10 @@ TRANSACTION_SECONDS = Histogram(
 )
 
 Results = list[Applied | FeintError]
+
+
+class _Conflict(Exception):
+    """A conflict the database asks us to retry (deadlock, serialization failure, duplicate key)."""
 
 
 @dataclass(frozen=True)
@@ -211,9 +216,9 @@ class Engine:
         for attempt in range(TRANSACTION_RETRIES_MAX):
             try:
                 return await self._run_once(jobs)
-            except _RETRYABLE as exc:
+            except _Conflict as exc:
                 TRANSACTIONS.labels("retried").inc()
-                log.info("ledger_retry", attempt=attempt + 1, error=type(exc).__name__)
+                log.info("ledger_retry", attempt=attempt + 1, error=str(exc))
                 await asyncio.sleep(RETRY_BACKOFF_SECONDS * (2**attempt))
             except psycopg.errors.CheckViolation as exc:
                 TRANSACTIONS.labels("invariant").inc()
@@ -226,7 +231,11 @@ class Engine:
             if plan.grant_accounts or plan.holds_to_find:
                 await _discover(conn, plan)
             started = time.perf_counter()
-            loaded = await ledger.begin_and_load(conn, plan.load)
+            try:
+                loaded = await ledger.begin_and_load(conn, plan.load)
+            except _RETRYABLE as exc:
+                await _safe_rollback(conn)
+                raise _Conflict(type(exc).__name__) from exc
             try:
                 try:
                     committed, writes = self._decide(jobs, loaded)
@@ -238,12 +247,18 @@ class Engine:
                     committed = Committed(outcomes=[outcome], book=Book(now=loaded.book.now), loaded=loaded)
                     writes = [_idempotency_row(jobs[0], outcome)] if jobs[0].idempotency else []
                 await self._commit(conn, committed.book, writes)
+            except _RETRYABLE as exc:
+                await _safe_rollback(conn)
+                # Out of the pool's context as our own type: it would turn an OperationalError
+                # (deadlock, serialization failure) into DependencyUnavailable.
+                raise _Conflict(type(exc).__name__) from exc
             except BaseException:
                 await _safe_rollback(conn)
                 raise
         TRANSACTION_SECONDS.observe(time.perf_counter() - started)
         TRANSACTIONS.labels("committed").inc()
-        BATCH_SIZE.observe(sum(len(j.operations) for j in jobs))
+        source = "batch" if any(j.batch for j in jobs) else "single"
+        BATCH_SIZE.labels(source).observe(sum(len(j.operations) for j in jobs))
         return committed
 
     async def _commit(self, conn: Any, book: Book, writes: list[IdempotencyRow]) -> None:

@@ -12,40 +12,24 @@ Every rule checks everything first and mutates only after (so a failed operation
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from uuid import UUID
 
 from feint.credits.book import (
     Book,
     allocate,
-    balance,
     check_book,
     digest,
-    entries,
     is_live,
     iso,
-    str_or_none,
 )
 from feint.credits.errors import (
-    AccountNotFound,
-    BalanceOverflow,
-    CaptureExceedsHold,
-    CodesDiffer,
     ExistsWithDifferentFields,
-    HoldAlreadyCaptured,
-    HoldAlreadyVoided,
-    HoldExpired,
-    HoldNotFound,
-    InsufficientFunds,
     InvalidOperation,
     LimitReached,
 )
+from feint.credits.holds import capture_hold, expire_hold, place_hold, void_hold
 from feint.credits.models import (
-    AMOUNT_MAX,
-    BALANCE_MIN,
     GRANTS_LIVE_PER_ACCOUNT_MAX,
-    HOLD_TIMEOUT_SECONDS_MAX,
-    HOLDS_PENDING_PER_ACCOUNT_MAX,
     SYSTEM_KINDS,
     Account,
     AccountKind,
@@ -55,7 +39,6 @@ from feint.credits.models import (
     CreateAccount,
     ExpireHold,
     Grant,
-    Hold,
     HoldState,
     IssueGrant,
     Operation,
@@ -64,142 +47,21 @@ from feint.credits.models import (
     PostTransfer,
     RecordPaymentMethod,
     SweepGrant,
-    Transfer,
     TransferKind,
     VoidHold,
     system_account_id,
 )
+from feint.credits.postings import (
+    account_of,
+    change_grant,
+    check_pair,
+    check_range,
+    differing,
+    grant_by_id,
+    post,
+    require_funds,
+)
 from feint.errors import FeintError, InvariantViolated
-
-# --- helpers shared by the rules ------------------------------------------------------------
-
-
-def _account(book: Book, tenant_id: UUID, account_id: UUID, *, field: str) -> Account:
-    account = book.accounts.get((tenant_id, account_id))
-    if account is None:
-        raise AccountNotFound(account_id=account_id, field=field)
-    return account
-
-
-def _check_pair(debit: Account, credit: Account) -> None:
-    """Credits move from a customer account to a customer account or the consumption account."""
-    if debit.id == credit.id:
-        raise InvalidOperation("debit and credit accounts must differ", field="credit_account_id")
-    if debit.kind is not AccountKind.CUSTOMER:
-        raise InvalidOperation(f"a {debit.kind.value} account cannot be debited here", field="debit_account_id")
-    if credit.kind not in (AccountKind.CUSTOMER, AccountKind.CONSUMPTION):
-        raise InvalidOperation(f"a {credit.kind.value} account cannot be credited here", field="credit_account_id")
-    if debit.code != credit.code:
-        raise CodesDiffer(debit_code=debit.code, credit_code=credit.code)
-
-
-def _require_funds(book: Book, account: Account, amount: int) -> None:
-    if not account.no_overdraft:
-        return
-    available = balance(account, book.grants.get(account.key, ()), book.now).available
-    if available is None or available < amount:
-        raise InsufficientFunds(account_id=account.id, available=max(available or 0, 0), amount=amount)
-
-
-def _check_range(account: Account, delta: int) -> None:
-    if not BALANCE_MIN <= account.posted + delta <= AMOUNT_MAX:
-        raise BalanceOverflow(account_id=account.id)
-
-
-def _post(
-    book: Book,
-    *,
-    transfer_id: UUID,
-    kind: TransferKind,
-    debit: Account,
-    credit: Account,
-    amount: int,
-    metadata: bytes,
-    hold_id: UUID | None = None,
-    grant_id: UUID | None = None,
-) -> Transfer:
-    debit.posted -= amount
-    credit.posted += amount
-    book.touch(debit)
-    book.touch(credit)
-    transfer = Transfer(
-        tenant_id=debit.tenant_id,
-        id=transfer_id,
-        kind=kind,
-        debit_account_id=debit.id,
-        credit_account_id=credit.id,
-        amount=amount,
-        hold_id=hold_id,
-        grant_id=grant_id,
-        debit_balance=debit.posted,
-        credit_balance=credit.posted,
-        metadata=metadata,
-        posted_at=book.now,
-    )
-    entries(transfer)
-    book.new_transfers.append(transfer)
-    book.transfers[(transfer.tenant_id, transfer.id)] = transfer
-    book.audit.add(debit.tenant_id, transfer_record(transfer))
-    return transfer
-
-
-def transfer_record(transfer: Transfer) -> dict[str, object]:
-    """A transfer as the audit chain records it (the verifier rebuilds it from the stored row)."""
-    return {
-        "op": "transfer",
-        "id": str(transfer.id),
-        "kind": transfer.kind.value,
-        "debit": str(transfer.debit_account_id),
-        "credit": str(transfer.credit_account_id),
-        "amount": transfer.amount,
-        "debit_balance": transfer.debit_balance,
-        "credit_balance": transfer.credit_balance,
-        "hold": str_or_none(transfer.hold_id),
-        "grant": str_or_none(transfer.grant_id),
-        "metadata": digest(transfer.metadata),
-        "at": iso(transfer.posted_at),
-    }
-
-
-def _change_grant(book: Book, grant: Grant, *, remaining: int, held: int) -> None:
-    grant.remaining += remaining
-    grant.held += held
-    book.changed_grants[(grant.tenant_id, grant.id)] = grant
-
-
-def _grant_by_id(book: Book, account: Account, grant_id: UUID) -> Grant:
-    for grant in book.grants.get(account.key, ()):
-        if grant.id == grant_id:
-            return grant
-    raise InvariantViolated(f"grant {grant_id} of a hold on account {account.id} was not loaded")
-
-
-def _release(book: Book, hold: Hold, *, consume: int) -> None:
-    """Resolve a hold's reservation: the first ``consume`` units (in burn order) are spent, the
-    rest goes back to the grants it came from (or to ungranted credits)."""
-    debit = _account(book, hold.tenant_id, hold.debit_account_id, field="debit_account_id")
-    left = consume
-    for part in hold.allocations:
-        spent = min(part.amount, left)
-        left -= spent
-        if part.grant_id is not None:
-            _change_grant(
-                book, _grant_by_id(book, debit, part.grant_id), remaining=part.amount - spent, held=-part.amount
-            )
-    debit.pending -= hold.amount
-    debit.holds_pending -= 1
-    book.touch(debit)
-
-
-def _resolve(book: Book, hold: Hold, state: HoldState) -> None:
-    hold.state = state
-    hold.resolved_at = book.now
-    book.changed_holds[(hold.tenant_id, hold.id)] = hold
-
-
-def _differing(pairs: dict[str, tuple[object, object]]) -> list[str]:
-    return [name for name, (old, new) in pairs.items() if old != new]
-
 
 # --- the rules ----------------------------------------------------------------------------
 
@@ -207,7 +69,7 @@ def _differing(pairs: dict[str, tuple[object, object]]) -> list[str]:
 def create_account(book: Book, op: CreateAccount) -> Applied:
     existing = book.accounts.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = _differing(
+        fields = differing(
             {
                 "kind": (existing.kind, AccountKind.CUSTOMER),
                 "code": (existing.code, op.code),
@@ -290,7 +152,7 @@ def _new_account(
 
 
 def issue_grant(book: Book, op: IssueGrant) -> Applied:
-    account = _account(book, op.tenant_id, op.account_id, field="account_id")
+    account = account_of(book, op.tenant_id, op.account_id, field="account_id")
     if account.kind is not AccountKind.CUSTOMER:
         raise InvalidOperation(
             f"grants go to customer accounts, not a {account.kind.value} account", field="account_id"
@@ -302,12 +164,12 @@ def issue_grant(book: Book, op: IssueGrant) -> Applied:
         raise LimitReached(
             f"account {account.id} has {len(live)} grants with credits left", limit=GRANTS_LIVE_PER_ACCOUNT_MAX
         )
-    issuance = _account(
+    issuance = account_of(
         book, op.tenant_id, system_account_id(op.tenant_id, account.code, AccountKind.ISSUANCE), field="account_id"
     )
-    _check_range(account, op.amount)
-    _check_range(issuance, -op.amount)
-    transfer = _post(
+    check_range(account, op.amount)
+    check_range(issuance, -op.amount)
+    transfer = post(
         book,
         transfer_id=op.transfer_id,
         kind=TransferKind.GRANT,
@@ -349,7 +211,7 @@ def issue_grant(book: Book, op: IssueGrant) -> Applied:
 def post_transfer(book: Book, op: PostTransfer) -> Applied:
     existing = book.transfers.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = _differing(
+        fields = differing(
             {
                 "kind": (existing.kind, TransferKind.TRANSFER),
                 "debit_account_id": (existing.debit_account_id, op.debit_account_id),
@@ -361,17 +223,17 @@ def post_transfer(book: Book, op: PostTransfer) -> Applied:
         if fields:
             raise ExistsWithDifferentFields(what="transfer", object_id=op.id, fields=fields)
         return Applied(existing, created=False)
-    debit = _account(book, op.tenant_id, op.debit_account_id, field="debit_account_id")
-    credit = _account(book, op.tenant_id, op.credit_account_id, field="credit_account_id")
-    _check_pair(debit, credit)
-    _require_funds(book, debit, op.amount)
-    _check_range(debit, -op.amount)
-    _check_range(credit, op.amount)
+    debit = account_of(book, op.tenant_id, op.debit_account_id, field="debit_account_id")
+    credit = account_of(book, op.tenant_id, op.credit_account_id, field="credit_account_id")
+    check_pair(debit, credit)
+    require_funds(book, debit, op.amount)
+    check_range(debit, -op.amount)
+    check_range(credit, op.amount)
     for part in allocate(book.grants.get(debit.key, ()), op.amount, book.now):
         if part.grant_id is not None:
-            _change_grant(book, _grant_by_id(book, debit, part.grant_id), remaining=-part.amount, held=0)
+            change_grant(book, grant_by_id(book, debit, part.grant_id), remaining=-part.amount, held=0)
     return Applied(
-        _post(
+        post(
             book,
             transfer_id=op.id,
             kind=TransferKind.TRANSFER,
@@ -383,150 +245,17 @@ def post_transfer(book: Book, op: PostTransfer) -> Applied:
     )
 
 
-def place_hold(book: Book, op: PlaceHold) -> Applied:
-    existing = book.holds.get((op.tenant_id, op.id))
-    if existing is not None:
-        fields = _differing(
-            {
-                "debit_account_id": (existing.debit_account_id, op.debit_account_id),
-                "credit_account_id": (existing.credit_account_id, op.credit_account_id),
-                "amount": (existing.amount, op.amount),
-                "metadata": (existing.metadata, op.metadata),
-            }
-        )
-        if fields:
-            raise ExistsWithDifferentFields(what="hold", object_id=op.id, fields=fields)
-        return Applied(existing, created=False)
-    if not 0 < op.timeout_seconds <= HOLD_TIMEOUT_SECONDS_MAX:
-        raise InvalidOperation(f"timeout_seconds must be 1 to {HOLD_TIMEOUT_SECONDS_MAX}", field="timeout_seconds")
-    debit = _account(book, op.tenant_id, op.debit_account_id, field="debit_account_id")
-    credit = _account(book, op.tenant_id, op.credit_account_id, field="credit_account_id")
-    _check_pair(debit, credit)
-    _require_funds(book, debit, op.amount)
-    if debit.holds_pending >= HOLDS_PENDING_PER_ACCOUNT_MAX:
-        raise LimitReached(
-            f"account {debit.id} has {debit.holds_pending} pending holds", limit=HOLDS_PENDING_PER_ACCOUNT_MAX
-        )
-    if debit.pending + op.amount > AMOUNT_MAX:
-        raise BalanceOverflow(account_id=debit.id)
-    parts = tuple(allocate(book.grants.get(debit.key, ()), op.amount, book.now))
-    for part in parts:
-        if part.grant_id is not None:
-            _change_grant(book, _grant_by_id(book, debit, part.grant_id), remaining=-part.amount, held=part.amount)
-    debit.pending += op.amount
-    debit.holds_pending += 1
-    book.touch(debit)
-    hold = Hold(
-        tenant_id=op.tenant_id,
-        id=op.id,
-        debit_account_id=debit.id,
-        credit_account_id=credit.id,
-        amount=op.amount,
-        state=HoldState.PENDING,
-        expires_at=book.now + timedelta(seconds=op.timeout_seconds),
-        allocations=parts,
-        captured_amount=None,
-        transfer_id=None,
-        metadata=op.metadata,
-        created_at=book.now,
-        resolved_at=None,
-    )
-    book.holds[(hold.tenant_id, hold.id)] = hold
-    book.new_holds.append(hold)
-    book.audit.add(
-        op.tenant_id,
-        {
-            "op": "hold",
-            "id": str(hold.id),
-            "debit": str(debit.id),
-            "credit": str(credit.id),
-            "amount": op.amount,
-            "expires_at": iso(hold.expires_at),
-            "allocations": [[str_or_none(p.grant_id), p.amount] for p in parts],
-            "metadata": digest(op.metadata),
-            "at": iso(book.now),
-        },
-    )
-    return Applied(hold)
-
-
-def _pending_hold(book: Book, tenant_id: UUID, hold_id: UUID) -> Hold:
-    hold = book.holds.get((tenant_id, hold_id))
-    if hold is None:
-        raise HoldNotFound(hold_id=hold_id)
-    if hold.state is HoldState.CAPTURED:
-        raise HoldAlreadyCaptured(hold_id=hold_id)
-    if hold.state is HoldState.VOIDED:
-        raise HoldAlreadyVoided(hold_id=hold_id)
-    if hold.state is HoldState.EXPIRED or hold.expires_at <= book.now:
-        raise HoldExpired(hold_id=hold_id)
-    return hold
-
-
-def capture_hold(book: Book, op: CaptureHold) -> Applied:
-    hold = _pending_hold(book, op.tenant_id, op.hold_id)
-    amount = hold.amount if op.amount is None else op.amount
-    if not 0 < amount <= hold.amount:
-        raise CaptureExceedsHold(hold_id=hold.id, held=hold.amount, amount=amount)
-    debit = _account(book, op.tenant_id, hold.debit_account_id, field="debit_account_id")
-    credit = _account(book, op.tenant_id, hold.credit_account_id, field="credit_account_id")
-    _check_range(credit, amount)
-    _release(book, hold, consume=amount)
-    transfer = _post(
-        book,
-        transfer_id=op.transfer_id,
-        kind=TransferKind.CAPTURE,
-        debit=debit,
-        credit=credit,
-        amount=amount,
-        metadata=hold.metadata,
-        hold_id=hold.id,
-    )
-    hold.captured_amount = amount
-    hold.transfer_id = transfer.id
-    _resolve(book, hold, HoldState.CAPTURED)
-    book.audit.add(
-        op.tenant_id,
-        {
-            "op": "hold.captured",
-            "id": str(hold.id),
-            "amount": amount,
-            "transfer": str(transfer.id),
-            "at": iso(book.now),
-        },
-    )
-    return Applied(hold)
-
-
-def void_hold(book: Book, op: VoidHold) -> Applied:
-    hold = _pending_hold(book, op.tenant_id, op.hold_id)
-    _release(book, hold, consume=0)
-    _resolve(book, hold, HoldState.VOIDED)
-    book.audit.add(op.tenant_id, {"op": "hold.voided", "id": str(hold.id), "at": iso(book.now)})
-    return Applied(hold)
-
-
-def expire_hold(book: Book, op: ExpireHold) -> Applied:
-    hold = book.holds.get((op.tenant_id, op.hold_id))
-    if hold is None or hold.state is not HoldState.PENDING or hold.expires_at > book.now:
-        return Applied(None, created=False)
-    _release(book, hold, consume=0)
-    _resolve(book, hold, HoldState.EXPIRED)
-    book.audit.add(op.tenant_id, {"op": "hold.expired", "id": str(hold.id), "at": iso(book.now)})
-    return Applied(hold)
-
-
 def sweep_grant(book: Book, op: SweepGrant) -> Applied:
     account = book.accounts.get((op.tenant_id, op.account_id))
     grant = next((g for g in book.grants.get((op.tenant_id, op.account_id), ()) if g.id == op.grant_id), None)
     if account is None or grant is None or grant.remaining == 0 or is_live(grant, book.now):
         return Applied(None, created=False)
-    expiry = _account(book, op.tenant_id, system_account_id(op.tenant_id, op.code, AccountKind.EXPIRY), field="code")
+    expiry = account_of(book, op.tenant_id, system_account_id(op.tenant_id, op.code, AccountKind.EXPIRY), field="code")
     amount = grant.remaining
-    _check_range(expiry, amount)
-    _change_grant(book, grant, remaining=-amount, held=0)
+    check_range(expiry, amount)
+    change_grant(book, grant, remaining=-amount, held=0)
     return Applied(
-        _post(
+        post(
             book,
             transfer_id=op.transfer_id,
             kind=TransferKind.EXPIRY,

@@ -96,6 +96,8 @@ class _In(BaseModel):
 
 
 def canonical_metadata(value: dict[str, Any]) -> bytes:
+    if not value:
+        return b"{}"  # most operations carry none; skip the encoder
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 

@@ -46,6 +46,7 @@ from feint.credits.models import (
 from feint.credits.payments import CardDetails, associated_data, brand, fingerprint, seal, unseal_json
 from feint.credits.store import reads
 from feint.credits.store.ledger import PAYMENT_KEYSET, Loaded
+from feint.credits.sweeper import sweep_forever
 from feint.errors import ValidationFailed
 from feint.platform.cache import CircuitBreaker
 from feint.platform.crypto import KeyringCache, LocalMasterKey, MasterKeyProvider
@@ -54,7 +55,8 @@ from feint.platform.secrets import derive
 
 log = structlog.get_logger(component="feint.credits")
 EXTRAS_KEY = "credits"
-MASTER_KEY_PROVIDER_KEY = "master_key_provider"  # platform.extras hook for a KMS/Vault provider
+MASTER_KEY_PROVIDER_KEY = "master_key_provider"
+WRITE_THROUGH_ANSWERS_MAX = 64  # platform.extras hook for a KMS/Vault provider
 
 
 class Reply:
@@ -216,8 +218,6 @@ class Credits:
     async def start(self) -> None:
         self.batcher.start()
         if self.settings.sweeper_interval_seconds > 0 and self._sweeper is None:
-            from feint.credits.sweeper import sweep_forever
-
             self._sweeper = asyncio.create_task(sweep_forever(self), name="credits-sweeper")
 
     async def stop(self) -> None:
@@ -244,6 +244,10 @@ class Credits:
                 key = (hold.tenant_id, hold.debit_account_id)
                 next_hold[key] = min(next_hold.get(key, hold.expires_at), hold.expires_at)
         changed = {**book.changed_accounts, **{a.key: a for a in book.new_accounts}}
+        if len(changed) > WRITE_THROUGH_ANSWERS_MAX:
+            # A large batch invalidates (a tombstone per account, at its new version) rather than
+            # render thousands of answers nobody may read; the next read fills the entry.
+            return [CachedAccount(a.tenant_id, a.id, a.version, None, b"") for a in changed.values()]
         return [
             account_entry(a, book.grants.get(k, []), book.now, next_hold=next_hold.get(k)) for k, a in changed.items()
         ]

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import orjson
 
-from feint.credits import audit, rules
+from feint.credits import audit, postings
 from feint.credits.store import reads
 from feint.credits.store.reads import AUDIT_PAGE_ROWS
 from feint.platform.db import Database
@@ -120,7 +120,7 @@ def _check_transfers(
         if found is None:
             return f"transfer {transfer_id} is recorded but missing from the ledger"
         transfer, batch_id = found
-        if batch_id != entry.batch_id or rules.transfer_record(transfer) != record:
+        if batch_id != entry.batch_id or postings.transfer_record(transfer) != record:
             return f"transfer {transfer_id} differs from its audit record"
         report.transfers_checked += 1
     return None

@@ -31,7 +31,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _service(request: Request) -> Credits:
+async def _service(request: Request) -> Credits:
+    # async on purpose: FastAPI runs a plain-def dependency in a worker thread, per request.
     return service_of(request.app.state.platform)
 
 

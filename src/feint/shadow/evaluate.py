@@ -42,7 +42,7 @@ from feint.shadow.report import render_html
 from feint.shadow.rules.matcher import Matcher
 from feint.shadow.rules.model import Rule, RuleSet, rule_set, score_units
 from feint.shadow.rules.parse import load_rules
-from feint.shadow.rules.sql import select_sql
+from feint.shadow.rules.sql import DIMENSIONS, select_parts, select_sql
 from feint.shadow.schema import REPORT_SCHEMA_VERSION
 from feint.shadow.traffic import EXAMPLES_MAX, IngestReport, ingest
 
@@ -56,6 +56,11 @@ DISAGREEMENT_SAMPLES_MAX: Final = 20
 # than sharing a prefilter with others (which it would make pass for everyone).
 HOT_RULE_SHARE: Final = 0.01
 DUCKDB_MEMORY_LIMIT: Final = "1GB"
+# A dimension (rules.sql.DIMENSIONS: user agent, referer, host, request line, target) is evaluated
+# once per distinct value when, in the first DIMENSION_PROBE_ROWS requests, it takes at most
+# DIMENSION_SHARE_MAX distinct values per request: then the saving outweighs the join.
+DIMENSION_PROBE_ROWS: Final = 1_000_000
+DIMENSION_SHARE_MAX: Final = 0.2
 HASH_CHUNK_BYTES: Final = 1 << 20
 PARQUET_MAGIC: Final = b"PAR1"
 
@@ -149,6 +154,15 @@ def _connection(threads: int | None, work_dir: Path) -> duckdb.DuckDBPyConnectio
     connection.execute(f"SET temp_directory = {_quote(str(work_dir))}")
     connection.execute("SET preserve_insertion_order = false")
     return connection
+
+
+def _dimensions(connection: duckdb.DuckDBPyConnection, source: str) -> list[str]:
+    """The dimensions worth memoising: few distinct values per request in the probe."""
+    estimates = ", ".join(f"approx_count_distinct(hash({', '.join(keys)}))" for keys in DIMENSIONS.values())
+    probe = f"(SELECT * FROM {source} LIMIT {DIMENSION_PROBE_ROWS})"
+    row = connection.execute(f"SELECT count(*), {estimates} FROM {probe}").fetchall()[0]
+    rows, counts = int(row[0]), [int(value) for value in row[1:]]
+    return [name for name, count in zip(DIMENSIONS, counts, strict=True) if count <= DIMENSION_SHARE_MAX * rows]
 
 
 def _hit_matrix(batch: pa.RecordBatch, count: int) -> npt.NDArray[np.bool_]:
@@ -269,7 +283,7 @@ def _distribution(timings: npt.NDArray[np.float64], edges: npt.NDArray[np.float6
 
 def _sample(
     connection: duckdb.DuckDBPyConnection, traffic: Path, distinct: list[Rule],
-    versions: tuple[_Version, _Version], rows: int, seed: int,
+    versions: tuple[_Version, _Version], rows: int, seed: int, memoise: Sequence[str],
 ) -> tuple[list[RequestRecord], list[tuple[bool, bool]]]:  # fmt: skip
     columns = ", ".join(RECORD_FIELDS)
     table = connection.sql(
@@ -279,10 +293,11 @@ def _sample(
     records: list[RequestRecord] = []
     for batch in table.to_batches():
         records.extend(from_batch(batch))
-    connection.register("latency_sample", table)
+    # The row number keeps the verdicts in the order of the records (joins may reorder rows).
+    connection.register("latency_sample", table.append_column("sample_row", pa.array(range(table.num_rows))))
     try:
-        query = select_sql(distinct, relation="latency_sample", columns=("id",))
-        result = connection.sql(query).to_arrow_table()
+        query = select_sql(distinct, relation="latency_sample", columns=("sample_row",), memoise=memoise)
+        result = connection.sql(query + " ORDER BY sample_row").to_arrow_table()
     finally:
         connection.unregister("latency_sample")
     flags: list[tuple[bool, bool]] = []
@@ -401,11 +416,17 @@ def evaluate(
             else:
                 relation, unknown = f"(SELECT *, CAST(NULL AS TINYINT) AS label FROM {source})", 0
             total = int(connection.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
-            records, sql_flags = _sample(connection, dataset, distinct, versions, latency_rows, thresholds.seed)
-            latency = _latency(records, versions, sql_flags)
-            query = select_sql(
-                distinct, relation=f"{relation} AS requests", columns=("id", "label"), hot=_hot_rules(distinct, records)
+            memoise = _dimensions(connection, source)
+            records, sql_flags = _sample(
+                connection, dataset, distinct, versions, latency_rows, thresholds.seed, memoise
             )
+            latency = _latency(records, versions, sql_flags)
+            tables, query = select_parts(
+                distinct, relation=f"{relation} AS requests", columns=("id", "label"),
+                hot=_hot_rules(distinct, records), memoise=memoise, values_from=source,
+            )  # fmt: skip
+            for name, table in tables:
+                connection.execute(f"CREATE TEMP TABLE {name} AS {table}")
             tally = _scan(connection, query, distinct, versions, on_progress, total)
             requests = _requests(connection, dataset, [s["id"] for s in tally.disagreement_samples])
         finally:

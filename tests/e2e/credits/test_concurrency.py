@@ -19,7 +19,7 @@ from tests.conftest import running_service, service_env
 pytestmark = pytest.mark.e2e
 PROCESSES = 3
 CLIENTS = 64
-OPERATIONS_PER_CLIENT = 40
+OPERATIONS_PER_CLIENT = 25
 ACCOUNTS_PER_TENANT = 8
 GRANT = 500
 _PEAK = re.compile(r'^feint_http_requests_in_flight_peak\{service="credits"\} ([0-9.e+]+)$', re.M)

@@ -53,12 +53,8 @@ def test_audit_and_transfers_are_append_only(clean_db: str) -> None:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         for table in ("credit_audit", "credit_transfers"):
             for statement in (f"UPDATE {table} SET tenant_id = tenant_id", f"DELETE FROM {table}"):
-                conn.execute(f"INSERT INTO tenants (id, name) VALUES ('{uuid.uuid4()}', 't{uuid.uuid4().hex[:8]}')")
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    # a row must exist for a row trigger to fire
-                    with conn.transaction():
-                        _insert_one(conn, table)
-                        conn.execute(statement)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    _insert_one_and(conn, table, statement)  # a row must exist for a row trigger to fire
         with conn.transaction():
             conn.execute("SET LOCAL ROLE feint_app")
             for table in ("credit_audit", "credit_transfers"):
@@ -66,6 +62,11 @@ def test_audit_and_transfers_are_append_only(clean_db: str) -> None:
                                   f"TRUNCATE {table}"):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
                         conn.execute(statement)
+
+
+def _insert_one_and(conn: psycopg.Connection[tuple[object, ...]], table: str, statement: str) -> None:
+    _insert_one(conn, table)
+    conn.execute(statement)
 
 
 def _insert_one(conn: psycopg.Connection[tuple[object, ...]], table: str) -> None:
@@ -108,7 +109,7 @@ async def test_rewritten_chain_is_named(ledger: Ledger, clean_db: str) -> None:
 
 async def test_edited_transfer_is_named_at_its_entry(ledger: Ledger, clean_db: str) -> None:
     """A transfer changed behind the ledger's back no longer matches the entry that recorded it."""
-    a, _ = await activity(ledger)
+    await activity(ledger)
     with psycopg.connect(clean_db) as conn:
         row = conn.execute("SELECT t.batch_id FROM credit_transfers t WHERE t.amount = 2").fetchone()
         assert row is not None
@@ -141,3 +142,12 @@ async def test_deleted_transfer_is_named(ledger: Ledger, clean_db: str) -> None:
     tamper(clean_db, "DELETE FROM credit_transfers WHERE amount = 3")
     report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
     assert "missing from the ledger" in report["first_broken"]["reason"]
+
+
+async def test_unreadable_operations_are_named(ledger: Ledger, clean_db: str) -> None:
+    """Operations that are not JSON any more break the chain at their entry."""
+    await activity(ledger)
+    tamper(clean_db, "UPDATE credit_audit SET operations = '\\x6e6f7065' WHERE seq = 3")
+    tamper(clean_db, "UPDATE credit_audit SET operations = '\\x7b7d' WHERE seq = 4")
+    report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
+    assert (report["first_broken"]["seq"], "not valid JSON" in report["first_broken"]["reason"]) == (3, True)

@@ -136,3 +136,34 @@ async def test_service_reads_from_the_database_while_redis_is_down(
         for _ in range(4):
             assert (await ledger.balance(a["id"]))["posted"] == 3
         assert dead.breaker.state == "open"
+
+
+async def test_tombstones_invalidate_and_fills_replace_them(redis_cache: Callable[..., RedisBalanceCache]) -> None:
+    """A large batch leaves tombstones: reads miss, a fill of that version replaces it, an older one does not."""
+    cache = redis_cache()
+    tenant, account = uuid.uuid4(), uuid.uuid4()
+    await cache.put([CachedAccount(tenant, account, 3, None, b"three")])
+    await cache.put([CachedAccount(tenant, account, 4, None, b"")])
+    assert await cache.get(tenant, account) is None
+    await cache.put([CachedAccount(tenant, account, 3, None, b"stale")])
+    assert await cache.get(tenant, account) is None
+    await cache.put([CachedAccount(tenant, account, 4, None, b"four")])
+    assert (await cache.get(tenant, account)).body == b"four"  # type: ignore[union-attr]
+    await cache.put([CachedAccount(tenant, account, 4, None, b"")])
+    assert (await cache.get(tenant, account)).body == b"four"  # type: ignore[union-attr]
+    await cache.close()
+
+
+async def test_large_batches_invalidate_every_account(ledger_factory: Callable[..., Any], redis_url: str,
+                                                      redis_prefix: str) -> None:
+    """After a batch touching more accounts than are written through, every read is still fresh."""
+    settings = CreditsSettings(sweeper_interval_seconds=0, cache="redis")
+    async with ledger_factory(settings, redis_url=redis_url, redis_key_prefix=redis_prefix + "big:") as ledger:
+        ids = [(await ledger.account())["id"] for _ in range(70)]
+        for account in ids:
+            assert (await ledger.balance(account))["posted"] == 0  # cached
+        ops = [{"op": "grant", "account_id": account, "amount": 5} for account in ids]
+        r = await ledger.client.post("/v1/batches", json={"operations": ops}, headers=ledger.operator)
+        assert r.status_code == 200
+        for account in ids:
+            assert (await ledger.balance(account))["posted"] == 5

@@ -103,6 +103,7 @@ def _cli(args: list[str], url: str, home: Path, monkeypatch: pytest.MonkeyPatch)
         result = CliRunner().invoke(feint_cli, args, catch_exceptions=False)
     finally:
         get_settings.cache_clear()
+        configure_logging()  # the CLI pointed logs at the runner's stderr, closed by now
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -150,5 +151,6 @@ def test_rotating_a_keyset_that_does_not_exist_says_so(clean_db: str, tmp_path: 
         result = CliRunner().invoke(feint_cli, ["keys", "rotate-data-key", "--keyset", "nope"])
     finally:
         get_settings.cache_clear()
+        configure_logging()  # the CLI pointed logs at the runner's stderr, closed by now
     assert result.exit_code == 1
     assert "no keyset 'nope'" in result.output

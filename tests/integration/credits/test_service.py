@@ -21,6 +21,7 @@ from feint.credits.config import CreditsSettings
 from feint.credits.engine import Engine
 from feint.credits.service import service_of
 from feint.errors import InvariantViolated
+from feint.platform.telemetry import configure_logging
 from feint.settings import get_settings
 from tests.conftest import TEST_MASTER_KEY
 from tests.integration.credits.conftest import Ledger
@@ -33,7 +34,7 @@ async def test_concurrent_transfers_share_transactions_and_never_overdraw(ledger
     accounts = [(await ledger.account())["id"] for _ in range(4)]
     for account in accounts:
         await ledger.grant(account, 50)
-    before = REGISTRY.get_sample_value("feint_credits_transaction_operations_count") or 0
+    before = REGISTRY.get_sample_value("feint_credits_transaction_operations_count", {"source": "single"}) or 0
     rng = random.Random(7)
 
     async def one() -> int:
@@ -42,7 +43,7 @@ async def test_concurrent_transfers_share_transactions_and_never_overdraw(ledger
 
     codes = await asyncio.gather(*(one() for _ in range(200)))
     assert set(codes) <= {201, 409} and 201 in codes
-    transactions = (REGISTRY.get_sample_value("feint_credits_transaction_operations_count") or 0) - before
+    transactions = (REGISTRY.get_sample_value("feint_credits_transaction_operations_count", {"source": "single"}) or 0) - before
     assert transactions < 200  # micro-batched
     with psycopg.connect(clean_db) as conn:
         negative = conn.execute("SELECT count(*) FROM credit_accounts WHERE no_overdraft AND posted < 0").fetchone()
@@ -121,6 +122,7 @@ def _run(args: list[str], url: str, home: Path, monkeypatch: pytest.MonkeyPatch)
         return CliRunner().invoke(feint_cli, ["credits", *args])
     finally:
         get_settings.cache_clear()
+        configure_logging()  # the CLI pointed logs at the runner's stderr, closed by now
 
 
 def test_operator_cli(clean_db: str, api_key: Callable[..., str], tmp_path: Path,
@@ -153,3 +155,73 @@ def test_operator_cli(clean_db: str, api_key: Callable[..., str], tmp_path: Path
     missing = _run(["balance", "--tenant", "acme", "--account", "00000000-0000-4000-8000-000000000000"], clean_db,
                    tmp_path, monkeypatch)
     assert missing.exit_code == 1
+
+
+async def test_conflicts_are_retried_and_refusals_become_invariant_errors(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock is retried; endless conflicts and a CHECK refusal are 500 invariant-violated; a
+    broken rollback is logged and the first error still answers."""
+    import psycopg.errors
+
+    from feint.credits.store import ledger as store
+
+    a, b = await ledger.account(), await ledger.account()
+    await ledger.grant(a["id"], 10)
+    real_write = store.write_and_commit
+    failures = {"left": 1}
+
+    async def deadlock_once(*args: Any, **kwargs: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise psycopg.errors.DeadlockDetected("simulated")
+        return await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_and_commit", deadlock_once)
+    assert (await ledger.transfer(a["id"], b["id"], 1)).status_code == 201
+
+    async def always(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.errors.SerializationFailure("simulated")
+
+    monkeypatch.setattr(store, "write_and_commit", always)
+    endless = await ledger.transfer(a["id"], b["id"], 1)
+    assert (endless.status_code, endless.json()["type"]) == (500, "/problems/invariant-violated")
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.errors.CheckViolation("simulated")
+
+    async def broken_rollback(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.OperationalError("connection lost")
+
+    monkeypatch.setattr(store, "write_and_commit", refused)
+    monkeypatch.setattr(store, "rollback", broken_rollback)
+    refusal = await ledger.transfer(a["id"], b["id"], 1)
+    assert (refusal.status_code, refusal.json()["type"]) == (500, "/problems/invariant-violated")
+    monkeypatch.setattr(store, "write_and_commit", real_write)
+    assert (await ledger.balance(a["id"]))["posted"] == 9
+
+
+async def test_engine_guards(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two atomic batches never share a transaction; a rule breaking an invariant fails the request."""
+    import uuid
+
+    from feint.credits import rules
+    from feint.credits.engine import Job, Rendered
+    from feint.credits.models import BatchMode, VoidHold
+
+    service = service_of(ledger.platform)
+    tenant = uuid.uuid4()
+    ops = [VoidHold(tenant_id=tenant, hold_id=uuid.uuid4()), VoidHold(tenant_id=tenant, hold_id=uuid.uuid4())]
+    job = Job(tenant_id=tenant, operations=ops, mode=BatchMode.ATOMIC, render=lambda results, book: Rendered(200, b""))
+    with pytest.raises(InvariantViolated):
+        await service.engine.run([job, job])
+    a, b = await ledger.account(), await ledger.account()
+
+    def broken(book: Any, op: Any) -> Any:
+        raise InvariantViolated("rule bug")
+
+    monkeypatch.setattr(rules, "apply", broken)
+    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "operations": [
+        {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 1}]},
+        headers=ledger.write)
+    assert r.status_code == 500

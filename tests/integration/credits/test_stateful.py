@@ -229,7 +229,11 @@ class Ledger(RuleBasedStateMachine):
             reply = orjson.loads(self.run(self.service.batch(ops, tenant_id=self.tenant, mode=mode,
                                                              idempotency=None)).body)
         except FeintError as exc:
-            assert atomic and exc.extensions["operation_index"] >= 0
+            failed: FeintError | None = exc
+        else:
+            failed = None
+        if failed is not None:
+            assert atomic and failed.extensions["operation_index"] >= 0
             return  # nothing applied: the model stays as it is
         for amount, result in zip(amounts, reply["results"], strict=True):
             if result["status"] == 201:

@@ -79,13 +79,26 @@ async def test_memory_cache_keeps_the_newest_version_and_honours_until() -> None
     await none.close()
 
 
+async def test_memory_cache_tombstones() -> None:
+    """A tombstone hides an entry until an answer of its version or newer arrives."""
+    cache = MemoryBalanceCache(ttl_seconds=30)
+    tenant, account = uuid.uuid4(), uuid.uuid4()
+    await cache.put([CachedAccount(tenant, account, 1, None, b"one"), CachedAccount(tenant, account, 2, None, b"")])
+    assert await cache.get(tenant, account) is None
+    await cache.put([CachedAccount(tenant, account, 2, None, b"two")])
+    assert (await cache.get(tenant, account)).body == b"two"  # type: ignore[union-attr]
+
+
 def test_cached_account_encoding() -> None:
     """Version and until travel with the body and come back unchanged."""
     tenant, account = uuid.uuid4(), uuid.uuid4()
     for until in (None, 1893456000.123456):
         entry = CachedAccount(tenant, account, 7, until, b'{"posted":1}\n')
         assert CachedAccount.decode(tenant, account, entry.encode()) == entry
-    assert CachedAccount(tenant, account, 1, None, b"").fresh(0)
+    tombstone = CachedAccount(tenant, account, 8, None, b"")
+    assert CachedAccount.decode(tenant, account, tombstone.encode()) == tombstone
+    assert not tombstone.fresh(0)
+    assert CachedAccount(tenant, account, 1, None, b"{}").fresh(0)
 
 
 def test_keyset_rotation_keeps_old_ciphertexts_readable() -> None:

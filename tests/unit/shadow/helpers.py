@@ -18,7 +18,7 @@ from feint.shadow.record import RequestRecord, request_line_of
 from feint.shadow.rules.matcher import compile_matcher
 from feint.shadow.rules.model import Rule, rule_set
 from feint.shadow.rules.parse import parse_rules
-from feint.shadow.rules.sql import select_sql
+from feint.shadow.rules.sql import DIMENSIONS, select_sql
 
 
 def sigma(detection: str, *, title: str = "test rule", level: str = "high", category: str = "webserver") -> str:
@@ -46,7 +46,8 @@ def record(request_id: str = "r", **fields: Any) -> RequestRecord:
 
 
 def engines(rules: Sequence[Rule], records: Sequence[RequestRecord]) -> list[list[bool]]:
-    """Per record, per rule: whether it matches. Asserts that the matcher, DuckDB and ClickHouse agree."""
+    """Per record, per rule: whether it matches. Asserts that the matcher, DuckDB (plain and with
+    every dimension memoised) and ClickHouse agree."""
     records = [RequestRecord(**{**_fields(r), "id": str(i)}) for i, r in enumerate(records)]
     matcher = compile_matcher(rule_set(rules))
     expected = [matcher.hits(r) for r in records]
@@ -58,12 +59,15 @@ def engines(rules: Sequence[Rule], records: Sequence[RequestRecord]) -> list[lis
             .execute(select_sql(rules, relation=f"read_parquet('{path}')") + " ORDER BY CAST(id AS INTEGER)")
             .fetchall()
         )
+        memoised = select_sql(rules, relation=f"read_parquet('{path}')", memoise=DIMENSIONS)
+        memo = duckdb.connect().execute(memoised + " ORDER BY CAST(id AS INTEGER)").fetchall()
         click = chdb.query(
             select_sql(rules, relation=f"file('{path}', Parquet)", dialect="clickhouse") + " ORDER BY toInt32(id)",
             "ArrowTable",
         ).to_pylist()
-    for index, (want, row, other) in enumerate(zip(expected, duck, click, strict=True)):
+    for index, (want, row, other, again) in enumerate(zip(expected, duck, click, memo, strict=True)):
         assert list(row[1:]) == want, f"DuckDB disagrees with the matcher on {records[index]}"
+        assert list(again[1:]) == want, f"memoised DuckDB disagrees with the matcher on {records[index]}"
         assert [bool(other[f"r{i}"]) for i in range(len(rules))] == want, f"ClickHouse disagrees on {records[index]}"
     return expected
 
@@ -93,7 +97,8 @@ def differential_corpus(rules: Sequence[Rule], *, seed: int, total: int, per_rul
 
 
 def differential(rules: Sequence[Rule], requests: Sequence[RequestRecord], folder: Path) -> dict[str, int]:
-    """Run all three engines over the requests; assert they agree on every request and rule."""
+    """Run all three engines (DuckDB plain and memoised) over the requests; assert they agree on
+    every request and rule."""
     matcher = compile_matcher(rule_set(rules))
     numbered = [RequestRecord(**{**_fields(r), "id": str(i)}) for i, r in enumerate(requests)]
     path = folder / "differential.parquet"
@@ -104,6 +109,10 @@ def differential(rules: Sequence[Rule], requests: Sequence[RequestRecord], folde
     click = chdb.query(select_sql(rules, relation=f"file('{path}', Parquet)", dialect="clickhouse"), "ArrowTable")
     by_id = {row: position for position, row in enumerate(click.column("id").to_pylist())}
     click_hits = [click.column(f"r{i}").to_pylist() for i in range(len(rules))]
+    memoised = select_sql(rules, relation=f"read_parquet('{path}')", memoise=DIMENSIONS)
+    memo = duckdb.connect().sql(memoised).to_arrow_table()
+    memo_by_id = {row: position for position, row in enumerate(memo.column("id").to_pylist())}
+    memo_hits = [memo.column(f"r{i}").to_pylist() for i in range(len(rules))]
     fired = [0] * len(rules)
     compared = 0
     for batch in reader:
@@ -116,6 +125,8 @@ def differential(rules: Sequence[Rule], requests: Sequence[RequestRecord], folde
             other = [bool(column[position]) for column in click_hits]
             assert duck == expected, f"DuckDB disagrees with the matcher on {numbered[int(request_id)]}"
             assert other == expected, f"ClickHouse disagrees with the matcher on {numbered[int(request_id)]}"
+            again = [bool(column[memo_by_id[request_id]]) for column in memo_hits]
+            assert again == expected, f"memoised DuckDB disagrees with the matcher on {numbered[int(request_id)]}"
             fired = [count + hit for count, hit in zip(fired, expected, strict=True)]
             compared += 1
     return {"compared": compared, **{rules[i].key: fired[i] for i in range(len(rules))}}

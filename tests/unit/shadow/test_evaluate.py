@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from sklearn import metrics as sk
@@ -180,3 +181,31 @@ def test_without_a_latency_sample(dataset: tuple[Path, Path, dict[str, int]]) ->
     )
     assert report["candidate"]["latency_us"]["p99"] is None and report["candidate"]["latency_us"]["samples"] == 0
     assert validate_report(report) == []
+
+
+def test_dimensions_memoised_only_when_values_repeat() -> None:
+    """A dimension is memoised when its values repeat enough in the probe, not otherwise."""
+    source = (
+        "(SELECT 'ua' || (i % 3) AS cs_user_agent, NULL AS cs_referer, 'h' AS cs_host, "
+        "'GET /' || i || ' HTTP/1.1' AS request_line, '/' || i AS cs_uri_stem, NULL AS cs_uri_query "
+        "FROM range(1000) AS t(i))"
+    )
+    assert evaluation._dimensions(duckdb.connect(), source) == ["agent", "referer", "host"]
+
+
+def test_memoised_and_plain_evaluations_agree(
+    dataset: tuple[Path, Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memoising every dimension or none gives the same report numbers."""
+    traffic, csv, _ = dataset
+    production, candidate = rule_set(load_rules(ZOO)), rule_set(starter_rules())
+    reports = []
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(evaluation, "DIMENSION_SHARE_MAX", share)
+        reports.append(evaluate(production, candidate, traffic=traffic, labels=csv, latency_rows=200))
+    for version in ("production", "candidate"):
+        plain, memoised = reports[0][version], reports[1][version]
+        assert {k: plain[k] for k in ("tp", "fp", "tn", "fn", "hits_per_rule", "roc")} == {
+            k: memoised[k] for k in ("tp", "fp", "tn", "fn", "hits_per_rule", "roc")
+        }
+    assert reports[0]["disagreements"]["count"] == reports[1]["disagreements"]["count"]

