@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -196,11 +198,14 @@ def test_traces_exported_over_otlp(clean_db: str, tmp_path: Path, otlp_collector
     assert b"GET /ready" in payload and b"db.connection" in payload
 
 
-def test_feint_up_runs_everything_and_stops_clean(tmp_path: Path) -> None:
+def test_feint_up_runs_everything_and_stops_clean() -> None:
     """`feint up` on a bare home brings all services up on the embedded database; SIGTERM leaves no process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEINT_")}
     ports = {name: free_port() for name in ("credits", "shadow", "camouflage", "gateway")}
     env.update({f"FEINT_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    # Not under pytest's tmp_path: pytest resets its root to mode 0700 whenever a session starts,
+    # which the embedded server's own user could then no longer traverse.
+    tmp_path = Path(tempfile.mkdtemp(prefix="feint-up-"))
     env["FEINT_HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen(
         [sys.executable, "-m", "feint", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -235,3 +240,4 @@ def test_feint_up_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     assert not [p for p in [*children, *postgres] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     down = feint("status", env=env)
     assert down.returncode == 1 and "down" in down.stdout
+    shutil.rmtree(tmp_path, ignore_errors=True)
