@@ -3,11 +3,17 @@
 First a sample of the requests (``LATENCY_SAMPLE_ROWS``) goes through engine 1
 (:mod:`.rules.matcher`), timed request by request for the latency figures; it must agree with
 engine 2 on every request of the sample (:class:`~feint.errors.InvariantViolated` otherwise), and
-it tells which rules pass their prefilter so often that they should not share one. Then one pass
-of DuckDB (every core, batches of ``BATCH_ROWS``) evaluates every distinct rule of both versions
-on every request (engine 2, :mod:`.rules.sql`) joined with its label; the batches are reduced at
-once to per-request verdicts and scores, so memory holds a few bytes per labeled request, never
-the dataset. Rules identical in both versions are evaluated once.
+it tells which rules pass their prefilter so often that they should not share one. Then:
+
+1. one join of the ids alone counts the requests per label (the census);
+2. the dimensions whose values repeat (user agent, host, request line, ...: see
+   :func:`_dimensions`) are evaluated once per distinct value into temporary tables;
+3. one pass of DuckDB (every core, batches of ``BATCH_ROWS``) evaluates every distinct rule of
+   both versions on every request (engine 2, :mod:`.rules.sql`), reading those tables, and
+   returns only the requests some rule fired on, joined with their labels. The batches are
+   reduced at once to verdicts and scores; every other request is unflagged with score 0, as the
+   census counts them. Memory holds a few bytes per labeled request, never the dataset. Rules
+   identical in both versions are evaluated once.
 
 The result is the report of :mod:`.schema` (a plain dict, ready for JSON).
 """
@@ -15,7 +21,6 @@ The result is the report of :mod:`.schema` (a plain dict, ready for JSON).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import tempfile
@@ -105,15 +110,6 @@ class _Version:
         flags = own.any(axis=1) if self.threshold is None else scores >= self.threshold
         return np.asarray(flags, dtype=np.bool_), scores
 
-    def judge_sparse(
-        self, hits: npt.NDArray[np.bool_], rows: npt.NDArray[np.intp], count: int
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        """Verdicts and scores of ``count`` rows of which only ``rows`` (given by ``hits``) fired any rule."""
-        flags, scores = np.zeros(count, dtype=np.bool_), np.zeros(count, dtype=np.int64)
-        if len(rows):
-            flags[rows], scores[rows] = self.judge(hits)
-        return flags, scores
-
 
 @dataclass
 class _Tally:
@@ -171,17 +167,76 @@ def _hit_matrix(batch: pa.RecordBatch, count: int) -> npt.NDArray[np.bool_]:
     return np.column_stack([batch.column(f"r{i}").to_numpy(zero_copy_only=False) for i in range(count)]).astype(bool)
 
 
-def _fired_rows(batch: pa.RecordBatch, count: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-    """The rows of a batch where any rule fired, and their hit matrix (most rows fire none)."""
-    if count == 0:
-        return np.zeros(0, dtype=np.intp), np.zeros((0, 0), dtype=bool)
-    columns = [batch.column(f"r{i}") for i in range(count)]
-    fired = functools.reduce(pc.or_, columns)
-    rows = np.flatnonzero(fired.to_numpy(zero_copy_only=False))
-    if len(rows) == 0:
-        return rows, np.zeros((0, count), dtype=bool)
-    taken = pa.array(rows)
-    return rows, np.column_stack([column.take(taken).to_numpy(zero_copy_only=False) for column in columns])
+@dataclass(frozen=True)
+class _Census:
+    """The requests per label (``None``: unlabeled), labeled ids absent from the traffic, and the
+    first unlabeled ids, from one join of the ids alone."""
+
+    rows: dict[int | None, int]
+    unknown: int
+    unlabeled_examples: list[str]
+
+
+def _census(connection: duckdb.DuckDBPyConnection, source: str, labels: str | None) -> _Census:
+    if labels is None:
+        total = int(connection.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
+        first = connection.execute(f"SELECT id FROM {source} LIMIT {EXAMPLES_MAX}").fetchall()
+        return _Census({None: total} if total else {}, 0, [row[0] for row in first])
+    found = connection.execute(
+        f"SELECT l.label, t.id IS NULL, count(*), min(t.id, {EXAMPLES_MAX}) FILTER (WHERE l.label IS NULL) "
+        f"FROM (SELECT id FROM {source}) AS t FULL JOIN {labels} AS l USING (id) GROUP BY ALL"
+    ).fetchall()
+    rows = {None if label is None else int(label): int(count) for label, absent, count, _ in found if not absent}
+    unknown = sum(int(count) for _, absent, count, _ in found if absent)
+    examples = next((list(ids) for label, absent, _, ids in found if label is None and not absent), [])
+    return _Census(rows, unknown, examples)
+
+
+def _fired_query(query: str, rules: int, labels: str | None) -> str:
+    """The rows of ``query`` where some rule fired, with their position, id, hits and label.
+
+    Run it with DuckDB's ``filter_pushdown`` disabled (see :func:`_scan`): pushed down, the filter
+    would inline every rule's expression and evaluate it a second time.
+    """
+    fired = " OR ".join(f"rules.r{i}" for i in range(rules)) or "false"
+    label = "CAST(NULL AS TINYINT)" if labels is None else "l.label"
+    joined = "" if labels is None else f" LEFT JOIN {labels} AS l USING (id)"
+    return (
+        f"SELECT judged.file_row_number AS position, judged.* EXCLUDE (file_row_number), {label} AS label "
+        f"FROM (SELECT * FROM ({query}) AS rules WHERE {fired}) AS judged{joined}"
+    )
+
+
+def _reduce(
+    batch: pa.RecordBatch, rules: int, tally: _Tally, versions: tuple[_Version, _Version],
+    fired_per_label: dict[int, int],
+) -> None:  # fmt: skip
+    """Add one batch of fired rows to the tally and the versions' verdicts."""
+    hits = _hit_matrix(batch, rules)
+    labels = pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int8)
+    judged = [version.judge(hits) for version in versions]
+    labeled = labels >= 0
+    for row, selection in enumerate((labels == 0, labels == 1, labels < 0)):
+        tally.hits[row] += hits[selection].sum(axis=0)
+    for value in fired_per_label:
+        fired_per_label[value] += int(np.count_nonzero(labels == value))
+    disagree = judged[0][0] != judged[1][0]
+    tally.disagreements += int(np.count_nonzero(disagree))
+    room = DISAGREEMENT_SAMPLES_MAX - len(tally.disagreement_samples)
+    if room > 0 and disagree.any():
+        # Labeled disagreements first: they are the ones that move the numbers.
+        order = np.concatenate([np.flatnonzero(disagree & labeled), np.flatnonzero(disagree & ~labeled)])
+        for row in order[:room]:
+            tally.disagreement_samples.append({
+                "id": batch.column("id")[int(row)].as_py(),
+                "label": None if labels[row] < 0 else int(labels[row]),
+                "production": bool(judged[0][0][row]),
+                "candidate": bool(judged[1][0][row]),
+            })  # fmt: skip
+    tally.labels.append(labels[labeled])
+    for version, (flags, scores) in zip(versions, judged, strict=True):
+        version.flags.append(flags[labeled])
+        version.scores.append(scores[labeled])
 
 
 def _scan(
@@ -190,44 +245,30 @@ def _scan(
     distinct: list[Rule],
     versions: tuple[_Version, _Version],
     on_progress: Progress | None,
-    total: int,
+    census: _Census,
 ) -> _Tally:
-    tally = _Tally(rules=len(distinct))
-    reader = connection.sql(query).to_arrow_reader(BATCH_ROWS)
-    for batch in reader:
-        rows, hits = _fired_rows(batch, len(distinct))
-        labels = pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int8)
-        judged = [version.judge_sparse(hits, rows, batch.num_rows) for version in versions]
-        labeled = labels >= 0
-        tally.rows += batch.num_rows
-        fired_labels = labels[rows]
-        for row, selection in enumerate((fired_labels == 0, fired_labels == 1, fired_labels < 0)):
-            tally.hits[row] += hits[selection].sum(axis=0)
-        if (~labeled).any():
-            tally.unlabeled += int(np.count_nonzero(~labeled))
-            room = EXAMPLES_MAX - len(tally.unlabeled_examples)
-            if room > 0:
-                chosen = np.flatnonzero(~labeled)[:room]
-                tally.unlabeled_examples += batch.column("id").take(pa.array(chosen)).to_pylist()
-        disagree = judged[0][0] != judged[1][0]
-        tally.disagreements += int(np.count_nonzero(disagree))
-        room = DISAGREEMENT_SAMPLES_MAX - len(tally.disagreement_samples)
-        if room > 0 and disagree.any():
-            # Labeled disagreements first: they are the ones that move the numbers.
-            order = np.concatenate([np.flatnonzero(disagree & labeled), np.flatnonzero(disagree & ~labeled)])
-            for row in order[:room]:
-                tally.disagreement_samples.append({
-                    "id": batch.column("id")[int(row)].as_py(),
-                    "label": None if labels[row] < 0 else int(labels[row]),
-                    "production": bool(judged[0][0][row]),
-                    "candidate": bool(judged[1][0][row]),
-                })  # fmt: skip
-        tally.labels.append(labels[labeled])
-        for version, (flags, scores) in zip(versions, judged, strict=True):
-            version.flags.append(flags[labeled])
-            version.scores.append(scores[labeled])
-        if on_progress is not None:
-            on_progress(tally.rows, total)
+    """Reduce the rows where some rule fired (``query``: position, id, label, hits); every other
+    request fired nothing, so the census accounts for it: unflagged, score 0."""
+    total = sum(census.rows.values())
+    tally = _Tally(rules=len(distinct), rows=total, unlabeled=census.rows.get(None, 0))
+    tally.unlabeled_examples = census.unlabeled_examples
+    fired_per_label = {0: 0, 1: 0}
+    # Disabled for this query only (the connection is closed on error): see _fired_query.
+    connection.execute("SET disabled_optimizers = 'filter_pushdown'")
+    for batch in connection.sql(query).to_arrow_reader(BATCH_ROWS):
+        _reduce(batch, len(distinct), tally, versions, fired_per_label)
+        if on_progress is not None and batch.num_rows:
+            done = int(pc.max(batch.column("position")).as_py()) + 1  # rows arrive roughly in order
+            on_progress(min(done, total), total)
+    connection.execute("RESET disabled_optimizers")
+    for value, fired in fired_per_label.items():
+        quiet = census.rows.get(value, 0) - fired
+        tally.labels.append(np.full(quiet, value, dtype=np.int8))
+        for version in versions:
+            version.flags.append(np.zeros(quiet, dtype=np.bool_))
+            version.scores.append(np.zeros(quiet, dtype=np.int64))
+    if on_progress is not None:
+        on_progress(total, total)
     return tally
 
 
@@ -324,6 +365,21 @@ def _value(value: metrics.Value) -> float | None:
     return value.value
 
 
+def _score_counts(labels: npt.NDArray[np.int8], scores: npt.NDArray[np.int64]) -> metrics.ScoreCounts:
+    """``metrics.score_counts``, sorting only the requests some rule scored: most score 0, and
+    sorting ten million of them took seconds."""
+    scored = scores != 0
+    if scored.all():
+        return metrics.score_counts(labels, scores)
+    counts = metrics.score_counts(labels[scored], scores[scored])
+    position = int(np.searchsorted(np.unique(scores[scored]), 0))
+    unscored = labels[~scored]
+    attacks = float(np.count_nonzero(unscored == 1))
+    return metrics.ScoreCounts(
+        np.insert(counts.positive, position, attacks), np.insert(counts.negative, position, len(unscored) - attacks)
+    )
+
+
 def _version_report(
     version: _Version, distinct: list[Rule], labels: npt.NDArray[np.int8], tally: _Tally, latency: dict[str, Any]
 ) -> dict[str, Any]:
@@ -331,7 +387,7 @@ def _version_report(
     scores = np.concatenate(version.scores) if version.scores else np.zeros(0, dtype=np.int64)
     confusion = metrics.confusion(labels, flags)
     summary = metrics.summary(confusion)
-    counts = metrics.score_counts(labels, scores)
+    counts = _score_counts(labels, scores)
     auc = metrics.auc_roc(labels, scores, counts)
     chi2 = stats.chi2_predictions(confusion)
     undefined = {name: value.reason for name, value in summary.items() if value.value is None}
@@ -402,32 +458,26 @@ def evaluate(
         connection = _connection(threads, work_dir)
         try:
             source = f"read_parquet({_quote(str(dataset))})"
+            labels_source: str | None = None
             if labels is not None:
                 labels_table = work_dir / "labels.parquet"
                 labels_report = load_labels(labels, labels_table)
-                relation = (
-                    f"(SELECT t.*, l.label FROM {source} AS t LEFT JOIN "
-                    f"read_parquet({_quote(str(labels_table))}) AS l USING (id))"
-                )
-                unknown = connection.execute(
-                    f"SELECT count(*) FROM read_parquet({_quote(str(labels_table))}) "
-                    f"WHERE id NOT IN (SELECT id FROM {source})"
-                ).fetchall()[0][0]
-            else:
-                relation, unknown = f"(SELECT *, CAST(NULL AS TINYINT) AS label FROM {source})", 0
-            total = int(connection.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0])
+                labels_source = f"read_parquet({_quote(str(labels_table))})"
+            census = _census(connection, source, labels_source)
             memoise = _dimensions(connection, source)
             records, sql_flags = _sample(
                 connection, dataset, distinct, versions, latency_rows, thresholds.seed, memoise
             )
             latency = _latency(records, versions, sql_flags)
+            numbered = f"read_parquet({_quote(str(dataset))}, file_row_number = true)"
             tables, query = select_parts(
-                distinct, relation=f"{relation} AS requests", columns=("id", "label"),
+                distinct, relation=f"{numbered} AS requests", columns=("file_row_number", "id"),
                 hot=_hot_rules(distinct, records), memoise=memoise, values_from=source,
             )  # fmt: skip
             for name, table in tables:
                 connection.execute(f"CREATE TEMP TABLE {name} AS {table}")
-            tally = _scan(connection, query, distinct, versions, on_progress, total)
+            tally = _scan(connection, _fired_query(query, len(distinct), labels_source), distinct, versions,
+                          on_progress, census)  # fmt: skip
             requests = _requests(connection, dataset, [s["id"] for s in tally.disagreement_samples])
         finally:
             connection.close()
@@ -439,7 +489,7 @@ def evaluate(
             "thresholds": thresholds.to_dict(),
         }
     return _report(
-        versions, distinct, tally, latency, requests, inputs, labels_report, ingested, int(unknown),
+        versions, distinct, tally, latency, requests, inputs, labels_report, ingested, census.unknown,
         thresholds, time.perf_counter() - started,
     )  # fmt: skip
 

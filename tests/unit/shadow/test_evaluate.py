@@ -12,7 +12,7 @@ from sklearn import metrics as sk
 
 from feint.errors import InvariantViolated, ValidationFailed
 from feint.shadow import evaluate as evaluation
-from feint.shadow import synth
+from feint.shadow import metrics, synth
 from feint.shadow.dataset import write_records
 from feint.shadow.evaluate import evaluate, evaluate_job, thresholds_from
 from feint.shadow.rules import starter_rules
@@ -209,3 +209,14 @@ def test_memoised_and_plain_evaluations_agree(
             k: memoised[k] for k in ("tp", "fp", "tn", "fn", "hits_per_rule", "roc")
         }
     assert reports[0]["disagreements"]["count"] == reports[1]["disagreements"]["count"]
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 1.0])
+def test_score_counts_sort_only_scored_requests(zeros: float) -> None:
+    """The shortcut for mostly-zero scores counts exactly what ``metrics.score_counts`` counts."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 1_000).astype(np.int8)
+    scores = np.where(rng.random(1_000) < zeros, 0, rng.integers(-3, 9, 1_000)).astype(np.int64)
+    fast, slow = evaluation._score_counts(labels, scores), metrics.score_counts(labels, scores)
+    assert fast.positive.tolist() == slow.positive.tolist()
+    assert fast.negative.tolist() == slow.negative.tolist()

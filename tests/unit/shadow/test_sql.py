@@ -11,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feint.shadow.dataset import write_records
-from feint.shadow.rules import _re2
-from feint.shadow.rules.ir import Hint
+from feint.shadow.rules import _re2, ir
+from feint.shadow.rules.ir import Const, Hint, Or
 from feint.shadow.rules.matcher import compile_matcher
 from feint.shadow.rules.model import rule_set
 from feint.shadow.rules.sql import (
     PREFILTER_NEEDLES_MAX,
     _groups,
+    _Memo,
     clickhouse_literal,
     duckdb_literal,
     expr_sql,
@@ -163,6 +164,7 @@ _MIXED = [
     ("sel:\n  c-ip|startswith: '10.9.'\n  cs-host|endswith: '.evil'\ncondition: sel", "address and host"),
     ("sel:\n  cs-uri-stem|endswith: [/a, /b]\n  cs-uri-query|contains: q=\ncondition: sel", "stem and query"),
     ("sel:\n  cs-referer: null\n  cs-host|contains: shop\ncondition: sel", "null referer"),
+    ("sel:\n  dst_ip: 10.0.0.1\ncondition: sel", "unrecorded field, never true"),
 ]
 
 
@@ -195,3 +197,12 @@ def test_memoised_dimensions_change_cost_not_results(tmp_path: Path, memoise: tu
     assert [list(row[1:]) for row in got] == [matcher.hits(r) for r in numbered]
     assert any(any(row[1:]) for row in got)
     assert ("m_agent_" in query) == ("agent" in memoise)
+
+
+def test_memoised_constants_stay_inline() -> None:
+    """A constant reads no dimension, so it is spelled in place next to memoised columns."""
+    memo = _Memo(["agent"])
+    agent = ir.Test("cs_user_agent", "regex", "a+")
+    spelled = expr_sql(Or((agent, ir.Test("c_ip", "regex", "^10[.]"), Const(True))), "duckdb", memo)
+    assert spelled.startswith("(m_agent_0 OR ") and spelled.endswith(" OR true)")
+    assert list(memo.columns["agent"]) == [expr_sql(agent)]
