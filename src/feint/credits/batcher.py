@@ -4,8 +4,10 @@ Each worker takes the first waiting job, then every job already queued behind it
 ``operations_max``), and commits them with `Engine.run`. No job waits for a timer: under light
 load a job commits alone; under heavy load the queue fills while a transaction is in flight and
 the next one carries everything that arrived meanwhile. Jobs are independent (a failed transfer
-does not fail its neighbours); if the combined transaction fails as a whole, each job is retried
-in its own transaction so that one bad job cannot fail the others.
+does not fail its neighbours); if the combined transaction is refused before it commits, each
+job is retried in its own transaction so that one bad job cannot fail the others. A failure that
+may have happened after COMMIT (a lost connection) is never retried here: the jobs fail, and
+their clients retry with their idempotency keys.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from feint.credits.engine import QUEUE_JOBS_MAX, Job, Outcome
+from feint.errors import InvariantViolated
 
 log = structlog.get_logger(component="feint.credits")
 STOP_SECONDS_MAX = 10.0
@@ -75,15 +78,27 @@ class MicroBatcher:
             return
         try:
             outcomes = await self.run([job for job, _ in live])
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting callers, or retried one by one
-            if len(live) == 1:
-                if not live[0][1].done():
-                    live[0][1].set_exception(exc)
+        except InvariantViolated as exc:
+            # Raised before COMMIT (a rule or a constraint refused, or conflicts persisted): nothing
+            # was written, so each job may safely run again on its own.
+            if len(live) > 1:
+                log.warning("micro_batch_split", jobs=len(live), error=exc.detail)
+                for item in live:
+                    await self._commit([item])
                 return
-            log.warning("micro_batch_split", jobs=len(live), error=type(exc).__name__)
-            for item in live:
-                await self._commit([item])
+            _fail(live, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+            # Anything else (the database went away) may have struck after COMMIT: running the
+            # jobs again could apply them twice, so they fail; a client retries with its key.
+            _fail(live, exc)
             return
         for (_, future), outcome in zip(live, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+
+
+def _fail(items: Sequence[tuple[Job, asyncio.Future[Outcome]]], exc: Exception) -> None:
+    for _, future in items:
+        if not future.done():
+            future.set_exception(exc)

@@ -77,6 +77,7 @@ class CachedAccount:
 class BalanceCache(Protocol):
     async def get(self, tenant_id: UUID, account_id: UUID) -> CachedAccount | None: ...
     async def put(self, entries: Sequence[CachedAccount]) -> None: ...
+    def forget(self) -> None: ...  # stop trusting every entry (a write-through could not be made)
     async def close(self) -> None: ...
 
 
@@ -99,6 +100,9 @@ class NoCache:
         return None
 
     async def put(self, entries: Sequence[CachedAccount]) -> None:
+        return None
+
+    def forget(self) -> None:
         return None
 
     async def close(self) -> None:
@@ -135,6 +139,9 @@ class MemoryBalanceCache:
         while len(self._data) > self._max:
             self._data.popitem(last=False)
 
+    def forget(self) -> None:
+        self._data.clear()
+
     async def close(self) -> None:
         self._data.clear()
 
@@ -166,6 +173,15 @@ return 1
 """
 
 
+# A new generation hides every entry. The counter may expire once every entry written before the
+# bump has (their TTL is shorter): a reset to 0 then only hides newer entries, never revives old ones.
+_BUMP_LUA = """
+local generation = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return generation
+"""
+
+
 class RedisBalanceCache:
     """Entries shared by every process; calls go through ``breaker`` (the platform's)."""
 
@@ -179,6 +195,7 @@ class RedisBalanceCache:
         self.breaker = breaker
         self._get = self._client.register_script(_GET_LUA)
         self._put = self._client.register_script(_PUT_LUA)
+        self._bump = self._client.register_script(_BUMP_LUA)
         self._stale = False  # a write-through failed: bump the generation before trusting Redis again
         self._stats = _Stats()
 
@@ -187,7 +204,7 @@ class RedisBalanceCache:
             return _BYPASS
         try:
             if self._stale:
-                await self._client.incr(self._generation_key)
+                await self._bump(keys=[self._generation_key], args=[self._ttl_ms * 2])
                 self._stale = False
             result = await call()
         except (redis.exceptions.RedisError, OSError):
@@ -223,8 +240,11 @@ class RedisBalanceCache:
         result = await self._guarded(lambda: self._put(keys=[self._generation_key], args=args))
         if result is _BYPASS or result is _FAILED or len(entries) > WRITE_THROUGH_KEYS_MAX:
             # Redis may now hold an older entry than the database: invalidate everything once it answers.
-            self._stale = True
-            WRITE_FAILURES.inc()
+            self.forget()
+
+    def forget(self) -> None:
+        self._stale = True
+        WRITE_FAILURES.inc()
 
     async def close(self) -> None:
         await self._client.aclose()

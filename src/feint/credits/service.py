@@ -55,8 +55,8 @@ from feint.platform.secrets import derive
 
 log = structlog.get_logger(component="feint.credits")
 EXTRAS_KEY = "credits"
-MASTER_KEY_PROVIDER_KEY = "master_key_provider"
-WRITE_THROUGH_ANSWERS_MAX = 64  # platform.extras hook for a KMS/Vault provider
+MASTER_KEY_PROVIDER_KEY = "master_key_provider"  # platform.extras hook for a KMS/Vault provider
+WRITE_THROUGH_ANSWERS_MAX = 64  # more changed accounts than this: tombstones, not rendered answers
 
 
 class Reply:
@@ -234,7 +234,11 @@ class Credits:
     async def _run(self, jobs: Sequence[Job]) -> list[Outcome]:
         committed = await self.engine.run(jobs)
         if committed.book.changed_accounts or committed.book.new_accounts:
-            await self.cache.put(self._entries(committed.book, committed.loaded))
+            try:
+                await self.cache.put(self._entries(committed.book, committed.loaded))
+            except Exception:  # committed already: the answer must not fail, nor the jobs run again
+                log.exception("cache_write_through_failed")
+                self.cache.forget()
         return committed.outcomes
 
     def _entries(self, book: Book, loaded: Loaded | None) -> list[CachedAccount]:

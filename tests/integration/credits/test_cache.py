@@ -116,7 +116,11 @@ async def test_failed_write_through_invalidates_everything(redis_cache: Callable
     breaker.failure()  # Redis "fails": the next write-through is skipped
     await cache.put([CachedAccount(tenant, account, 2, None, b"new")])
     await asyncio.sleep(0.15)
+    misses = metric("feint_credits_cache_lookups_total", result="miss")
     assert await cache.get(tenant, account) is None  # generation bumped: the old entry is gone
+    assert metric("feint_credits_cache_lookups_total", result="miss") - misses == 1  # Redis answered
+    await cache.put([CachedAccount(tenant, account, 3, None, b"fresh")])
+    assert (await cache.get(tenant, account)).body == b"fresh"  # type: ignore[union-attr]
     await cache.close()
 
 

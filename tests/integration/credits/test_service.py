@@ -20,7 +20,7 @@ from feint.credits import sweeper
 from feint.credits.config import CreditsSettings
 from feint.credits.engine import Engine
 from feint.credits.service import service_of
-from feint.errors import InvariantViolated
+from feint.errors import DependencyUnavailable, InvariantViolated
 from feint.platform.telemetry import configure_logging
 from feint.settings import get_settings
 from tests.conftest import TEST_MASTER_KEY
@@ -79,6 +79,26 @@ async def test_a_failing_micro_batch_is_retried_job_by_job(ledger: Ledger, monke
     monkeypatch.setattr(Engine, "run", broken)
     failed = await ledger.transfer(a["id"], b["id"], 1)
     assert (failed.status_code, failed.json()["type"]) == (500, "/problems/invariant-violated")
+
+    async def gone(self: Engine, jobs: Any) -> Any:
+        raise DependencyUnavailable("database unavailable", dependency="database")
+
+    monkeypatch.setattr(Engine, "run", gone)
+    lost = await asyncio.gather(*(ledger.transfer(a["id"], b["id"], 1) for _ in range(4)))
+    assert {r.status_code for r in lost} == {503}  # never rerun: the first attempt may have committed
+    monkeypatch.setattr(Engine, "run", real)
+
+    async def cache_bug(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("rendering bug")
+
+    service = service_of(ledger.platform)
+    monkeypatch.setattr(service.cache, "put", cache_bug)
+    forgotten = {"n": 0}
+    monkeypatch.setattr(service.cache, "forget", lambda: forgotten.__setitem__("n", forgotten["n"] + 1))
+    assert (await ledger.transfer(a["id"], b["id"], 1)).status_code == 201
+    assert forgotten["n"] == 1
+    monkeypatch.undo()
+    assert (await ledger.balance(a["id"]))["posted"] == 3
 
 
 async def test_sweeper_task_runs_and_stops_with_the_app(ledger_factory: Callable[..., Any],
