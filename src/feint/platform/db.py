@@ -28,6 +28,7 @@ from feint.platform.telemetry import tracer
 
 POOL_TIMEOUT_SECONDS = 10.0
 PING_TIMEOUT_SECONDS = 2.0
+TRANSACTION_ROLLBACK_CLASS = "40"  # SQLSTATE class: serialization_failure, deadlock_detected, …
 CONNECT_TIMEOUT_SECONDS = 5
 POOL_WAITING_MAX = 2_048
 STATEMENT_TIMEOUT_MILLISECONDS = 30_000
@@ -77,6 +78,8 @@ class Database:
                 async with self._pool.connection(timeout=timeout) as conn:
                     yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            if (getattr(exc, "sqlstate", None) or "").startswith(TRANSACTION_ROLLBACK_CLASS):
+                raise  # deadlock or serialization failure: the caller may retry; the database is fine
             raise DependencyUnavailable("database unavailable", dependency="database") from exc
 
     @contextlib.asynccontextmanager

@@ -57,6 +57,17 @@ def _count_security(logger: Any, _: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write, as structlog's default does
+    for stdout (``file=None``); a stream captured at configure time may be closed by then."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(*, level: str = "info", fmt: str = "auto", stderr: bool = False) -> None:
     """Configure structlog for the process (idempotent).
 
@@ -76,8 +87,7 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", stderr: bool = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        # file=None resolves sys.stdout per line (tests swap it)
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr if stderr else None),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr() if stderr else None),
         cache_logger_on_first_use=False,
     )
 

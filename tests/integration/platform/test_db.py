@@ -138,3 +138,16 @@ async def test_unreachable_database_is_dependency_error() -> None:
         await db.close()
     with pytest.raises(DependencyUnavailable, match="cannot connect"):
         connect_sync("postgresql://postgres@127.0.0.1:1/none")
+
+
+async def test_serialization_failure_is_not_an_outage(clean_db: str) -> None:
+    """A deadlock or serialization failure reaches the caller as itself (to retry), not as a 503."""
+    db = Database(clean_db, role="feint_app", size_max=1)
+    await db.open()
+    try:
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            async with db.transaction() as conn:
+                await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+        assert await db.ping() >= 0  # the pool is healthy afterwards
+    finally:
+        await db.close()

@@ -68,3 +68,23 @@ def test_breaker_opens_probes_and_closes() -> None:
     time.sleep(0.06)
     breaker.success()
     assert breaker.state == "closed" and breaker.failures == 0
+
+
+def test_cli_logs_follow_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI logs go to whatever stderr is when a line is written, never to a stream closed since."""
+    import io
+
+    import structlog
+
+    from feint.platform.telemetry import configure_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging(level="info", fmt="json", stderr=True)
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    structlog.get_logger(component="test").info("hello", card_number="4111111111111111")
+    assert '"event": "hello"' in second.getvalue()
+    assert "4111111111111111" not in second.getvalue()
+    configure_logging(level="info", fmt="json")
