@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 from opentelemetry import trace
@@ -87,7 +87,7 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", stderr: bool = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr() if stderr else None),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr()) if stderr else None),
         cache_logger_on_first_use=False,
     )
 
