@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from feint.credits.config import CreditsSettings
 from feint.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -14,9 +15,11 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def test_every_setting_documented() -> None:
-    """Each FEINT_* variable the settings read has a row in the README's table."""
+    """Each FEINT_* variable the settings read (platform and credits) has a row in the README."""
     text = README.read_text(encoding="utf-8")
-    missing = [f"FEINT_{name.upper()}" for name in Settings.model_fields if f"`FEINT_{name.upper()}`" not in text]
+    names = [f"FEINT_{name.upper()}" for name in Settings.model_fields]
+    names += [f"FEINT_CREDITS_{name.upper()}" for name in CreditsSettings.model_fields]
+    missing = [name for name in names if f"`{name}`" not in text]
     assert missing == []
 
 
