@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
@@ -14,14 +14,17 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from feint.credits.config import load_credits_settings
-from feint.credits.schemas import AccountIn, GrantIn
-from feint.credits.service import Credits
-from feint.credits.verify import verify
 from feint.errors import FeintError, NotFound
-from feint.platform.runtime import Platform
 from feint.platform.serve import platform_for
 from feint.platform.telemetry import configure_logging
 from feint.settings import get_settings
+
+if TYPE_CHECKING:
+    from feint.credits.service import Credits
+    from feint.platform.runtime import Platform
+
+# The service layer (schemas, store, Tink) is imported inside the commands that use it: importing
+# it here would slow every `feint` command down by a second.
 
 credits_app = typer.Typer(help="The credits ledger: accounts, grants, balances, audit.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit chain.", no_args_is_help=True)
@@ -35,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 
 def _run(body: Callable[[Credits, uuid.UUID | None], Awaitable[T]], *, tenant: str | None) -> T:
     """Resolve and migrate the database, open a platform and the service, run ``body(service, tenant_id)``."""
+    from feint.credits.service import Credits
+
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format, stderr=True)  # stdout carries the answer
     credits_settings = load_credits_settings().model_copy(update={"sweeper_interval_seconds": 0, "cache": "off"})
@@ -92,6 +97,8 @@ def create_account(
     ] = None,
 ) -> None:
     """Open a customer account (and the tenant's system accounts for its code)."""
+    from feint.credits.schemas import AccountIn
+
     request = _parse(
         AccountIn,
         {
@@ -117,6 +124,8 @@ def grant(
     priority: Annotated[int, typer.Option(help="0 burns first.")] = 50,
 ) -> None:
     """Issue credits to an account."""
+    from feint.credits.schemas import GrantIn
+
     fields: dict[str, object] = {"account_id": account, "amount": amount, "priority": priority}
     if expires_at is not None:
         fields["expires_at"] = expires_at
@@ -144,6 +153,7 @@ def audit_verify(
     tenant: Annotated[str | None, typer.Option(help="One tenant (default: every tenant).")] = None,
 ) -> None:
     """Recompute the audit chain; exit 1 naming the first broken entry."""
+    from feint.credits.verify import verify
 
     async def body(service: Credits, tenant_id: uuid.UUID | None) -> dict[str, object]:
         return (await verify(service.db, tenant_id=tenant_id)).body()
