@@ -21,7 +21,6 @@ from feint.credits.book import (
 from feint.credits.errors import (
     BalanceOverflow,
     CaptureExceedsHold,
-    ExistsWithDifferentFields,
     HoldAlreadyCaptured,
     HoldAlreadyVoided,
     HoldExpired,
@@ -47,10 +46,10 @@ from feint.credits.postings import (
     change_grant,
     check_pair,
     check_range,
-    differing,
     grant_by_id,
     post,
     release,
+    replayed,
     require_funds,
     resolve,
 )
@@ -59,17 +58,17 @@ from feint.credits.postings import (
 def place_hold(book: Book, op: PlaceHold) -> Applied:
     existing = book.holds.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = differing(
-            {
+        return replayed(
+            existing,
+            what="hold",
+            object_id=op.id,
+            pairs={
                 "debit_account_id": (existing.debit_account_id, op.debit_account_id),
                 "credit_account_id": (existing.credit_account_id, op.credit_account_id),
                 "amount": (existing.amount, op.amount),
                 "metadata": (existing.metadata, op.metadata),
-            }
+            },
         )
-        if fields:
-            raise ExistsWithDifferentFields(what="hold", object_id=op.id, fields=fields)
-        return Applied(existing, created=False)
     if not 0 < op.timeout_seconds <= HOLD_TIMEOUT_SECONDS_MAX:
         raise InvalidOperation(f"timeout_seconds must be 1 to {HOLD_TIMEOUT_SECONDS_MAX}", field="timeout_seconds")
     debit = account_of(book, op.tenant_id, op.debit_account_id, field="debit_account_id")

@@ -20,6 +20,7 @@ from feint.credits.errors import (
     AccountNotFound,
     BalanceOverflow,
     CodesDiffer,
+    ExistsWithDifferentFields,
     InsufficientFunds,
     InvalidOperation,
 )
@@ -28,6 +29,7 @@ from feint.credits.models import (
     BALANCE_MIN,
     Account,
     AccountKind,
+    Applied,
     Grant,
     Hold,
     HoldState,
@@ -137,8 +139,15 @@ def grant_by_id(book: Book, account: Account, grant_id: UUID) -> Grant:
     raise InvariantViolated(f"grant {grant_id} of a hold on account {account.id} was not loaded")
 
 
-def differing(pairs: dict[str, tuple[object, object]]) -> list[str]:
-    return [name for name, (old, new) in pairs.items() if old != new]
+def replayed(
+    existing: Account | Transfer | Hold, *, what: str, object_id: UUID, pairs: dict[str, tuple[object, object]]
+) -> Applied:
+    """A client-chosen id seen again: the stored object when every field is the same, else the
+    conflict naming the fields that differ (TigerBeetle's ``exists_with_different_*``)."""
+    fields = [name for name, (old, new) in pairs.items() if old != new]
+    if fields:
+        raise ExistsWithDifferentFields(what=what, object_id=object_id, fields=fields)
+    return Applied(existing, created=False)
 
 
 def release(book: Book, hold: Hold, *, consume: int) -> None:

@@ -23,7 +23,6 @@ from feint.credits.book import (
     iso,
 )
 from feint.credits.errors import (
-    ExistsWithDifferentFields,
     InvalidOperation,
     LimitReached,
 )
@@ -56,9 +55,9 @@ from feint.credits.postings import (
     change_grant,
     check_pair,
     check_range,
-    differing,
     grant_by_id,
     post,
+    replayed,
     require_funds,
 )
 from feint.errors import FeintError, InvariantViolated
@@ -69,18 +68,18 @@ from feint.errors import FeintError, InvariantViolated
 def create_account(book: Book, op: CreateAccount) -> Applied:
     existing = book.accounts.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = differing(
-            {
+        return replayed(
+            existing,
+            what="account",
+            object_id=op.id,
+            pairs={
                 "kind": (existing.kind, AccountKind.CUSTOMER),
                 "code": (existing.code, op.code),
                 "no_overdraft": (existing.no_overdraft, op.no_overdraft),
                 "overdraft_limit": (existing.overdraft_limit, op.overdraft_limit),
                 "metadata": (existing.metadata, op.metadata),
-            }
+            },
         )
-        if fields:
-            raise ExistsWithDifferentFields(what="account", object_id=op.id, fields=fields)
-        return Applied(existing, created=False)
     if op.id.version == 5:
         raise InvalidOperation("version-5 UUIDs are reserved for system accounts", field="id")
     if op.overdraft_limit is not None and not op.no_overdraft:
@@ -211,18 +210,18 @@ def issue_grant(book: Book, op: IssueGrant) -> Applied:
 def post_transfer(book: Book, op: PostTransfer) -> Applied:
     existing = book.transfers.get((op.tenant_id, op.id))
     if existing is not None:
-        fields = differing(
-            {
+        return replayed(
+            existing,
+            what="transfer",
+            object_id=op.id,
+            pairs={
                 "kind": (existing.kind, TransferKind.TRANSFER),
                 "debit_account_id": (existing.debit_account_id, op.debit_account_id),
                 "credit_account_id": (existing.credit_account_id, op.credit_account_id),
                 "amount": (existing.amount, op.amount),
                 "metadata": (existing.metadata, op.metadata),
-            }
+            },
         )
-        if fields:
-            raise ExistsWithDifferentFields(what="transfer", object_id=op.id, fields=fields)
-        return Applied(existing, created=False)
     debit = account_of(book, op.tenant_id, op.debit_account_id, field="debit_account_id")
     credit = account_of(book, op.tenant_id, op.credit_account_id, field="credit_account_id")
     check_pair(debit, credit)
