@@ -217,24 +217,57 @@ def contract_alerts() -> list[dict[str, Any]]:
         ),
         _alert(
             "FeintCanaryRolledBack",
-            "sum by (namespace, rollout) (increase(feint_rollout_rollbacks_total[15m])) > 0",
+            "sum by (namespace) (increase(feint_canary_rollbacks_total[10m])) > 0",
             for_="0m",
             severity="warning",
-            summary="Rule rollout {{ $labels.rollout }} was rolled back automatically",
-            description="A guard metric failed; the candidate rule set is at weight 0. See `feint rollout status`.",
+            summary="A rule rollout was rolled back automatically",
+            description="A guard metric failed; the candidate's weight is 0. `feint rollout status` shows the guards.",
+        ),
+        _alert(
+            "FeintCanaryPaused",
+            'sum by (namespace) (increase(feint_canary_checks_total{event="paused"}[30m])) > 0',
+            for_="0m",
+            severity="warning",
+            summary="A rule rollout paused for a human (inconclusive guards)",
+            description="The canary lacked data for its guards past the wait limit; resume, abort or promote it.",
         ),
         _alert(
             "FeintHoneytokenUsed",
-            "sum by (namespace, kind) (increase(feint_honeytoken_uses_total[5m])) > 0",
+            'sum by (namespace) (increase(feint_camouflage_events_total{event="feint.honeytoken.used"}[5m])) > 0',
             for_="0m",
             severity="warning",
-            summary="A {{ $labels.kind }} honeytoken was used",
-            description="A client used a credential or URL that only a decoy ever handed out.",
+            summary="A honeytoken was used ({{ $value }} in 5 minutes)",
+            description="A client presented a credential or URL that only a decoy ever handed out (event 8005).",
             team="security",
         ),
         _alert(
+            "FeintGatewayUpstreamErrors",
+            "sum by (namespace) (rate(feint_gateway_upstream_errors_total[5m]))\n"
+            "/\nsum by (namespace) (rate(feint_gateway_decisions_total[5m])) > 0.05",
+            for_="5m",
+            severity="critical",
+            summary="More than 5% of gateway requests fail at the upstream (502/504)",
+            description="The protected application is down or unreachable from the gateway pods.",
+        ),
+        _alert(
+            "FeintGatewayDecisionsDropped",
+            "sum by (namespace, reason) (rate(feint_gateway_decisions_dropped_total[10m])) > 0",
+            for_="10m",
+            severity="warning",
+            summary="The gateway drops decision-log records ({{ $labels.reason }})",
+            description="The decision log's queue is full or its database writes fail; shadow replays will miss them.",
+        ),
+        _alert(
+            "FeintGatewayMeteringFailing",
+            "sum by (namespace, reason) (rate(feint_gateway_metering_failures_total[10m])) > 0",
+            for_="15m",
+            severity="warning",
+            summary="The gateway cannot charge credits ({{ $labels.reason }})",
+            description="Calls from camouflage to the credits service fail; protected requests are not billed.",
+        ),
+        _alert(
             "FeintBackupTooOld",
-            'time() - max(feint_backup_last_success_timestamp_seconds{kind="create"}) > 26 * 3600',
+            'time() - max(feint_backup_last_success_timestamp_seconds{operation="create"}) > 26 * 3600',
             for_="15m",
             severity="warning",
             summary="The last successful `feint backup create` is more than 26 hours old",
@@ -242,16 +275,25 @@ def contract_alerts() -> list[dict[str, Any]]:
         ),
         _alert(
             "FeintBackupMissing",
-            'time() - max(feint_backup_last_success_timestamp_seconds{kind="create"}) > 50 * 3600\n'
-            'or\nabsent(feint_backup_last_success_timestamp_seconds{kind="create"})',
+            'time() - max(feint_backup_last_success_timestamp_seconds{operation="create"}) > 50 * 3600\n'
+            'or\nabsent(feint_backup_last_success_timestamp_seconds{operation="create"})',
             for_="30m",
             severity="critical",
             summary="No successful backup for more than two days",
             description="Two daily backups in a row failed (or none was ever reported).",
         ),
         _alert(
+            "FeintBackupFailed",
+            "max by (operation) (feint_backup_last_failure_timestamp_seconds)\n"
+            "> on (operation)\nmax by (operation) (feint_backup_last_success_timestamp_seconds)",
+            for_="0m",
+            severity="warning",
+            summary="The last `feint backup {{ $labels.operation }}` failed",
+            description="Its log and the alert webhook carry the error; the previous good backup still stands.",
+        ),
+        _alert(
             "FeintBackupVerifyTooOld",
-            'time() - max(feint_backup_last_success_timestamp_seconds{kind="verify"}) > 8 * 86400',
+            'time() - max(feint_backup_last_success_timestamp_seconds{operation="verify"}) > 8 * 86400',
             for_="1h",
             severity="warning",
             summary="No backup was verified (restored and checked) in the last 8 days",
@@ -279,7 +321,7 @@ def contract_alerts() -> list[dict[str, Any]]:
 def document() -> dict[str, Any]:
     return {
         "groups": [
-            {"name": "feint-slo-recording", "interval": "30s", "rules": recording_rules()},
+            {"name": "feint-slo-recording", "rules": recording_rules()},
             {"name": "feint-slo-alerts", "rules": _slo_alerts()},
             {"name": "feint-service-alerts", "rules": service_alerts()},
             {"name": "feint-contract-alerts", "rules": contract_alerts()},
