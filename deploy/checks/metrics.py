@@ -32,6 +32,7 @@ KEYWORDS = frozenset(
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _BRACES = re.compile(r"\{[^{}]*\}")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
+_OFFSET = re.compile(r"\boffset\s+-?(?:\d+[a-zA-Z]+)+")
 _LABEL_LIST = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|[A-Za-z_:][A-Za-z0-9_:]*|\S")
 _SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -49,6 +50,7 @@ def referenced(expr: str) -> set[str]:
     text = _STRING.sub(" ", expr)
     text = _BRACES.sub(" ", text)
     text = _BRACKETS.sub(" ", text)
+    text = _OFFSET.sub(" ", text)
     text = _LABEL_LIST.sub(" ", text)
     if any(c in text for c in "{}[]"):
         raise PromQLShapeError(f"unbalanced brackets in {expr[:120]!r}")
@@ -145,8 +147,8 @@ def dashboard_uses(dashboards_dir: Path = DASHBOARDS_DIR) -> Iterator[Use]:
 
 def unknown(uses: Iterable[Use], known: set[str]) -> list[str]:
     """One line per metric name an expression uses that ``known`` lacks."""
-    problems = []
-    for use in uses:
-        for name in sorted(referenced(use.expr) - known):
-            problems.append(f"{use.where}: {name} is neither exported, recorded nor in the metrics contract")
-    return problems
+    return [
+        f"{use.where}: {name} is neither exported, recorded nor in the metrics contract"
+        for use in uses
+        for name in sorted(referenced(use.expr) - known)
+    ]

@@ -84,10 +84,12 @@ def _security(where: str, pod: Mapping[str, Any]) -> list[str]:
         if ctx.get("capabilities", {}).get("add"):
             out.append(f"{cname}: adds capabilities")
         resources = container.get("resources", {})
-        for part in ("requests", "limits"):
-            for resource in ("cpu", "memory"):
-                if resource not in (resources.get(part) or {}):
-                    out.append(f"{cname}: no {resource} {part[:-1]}")
+        out.extend(
+            f"{cname}: no {resource} {part[:-1]}"
+            for part in ("requests", "limits")
+            for resource in ("cpu", "memory")
+            if resource not in (resources.get(part) or {})
+        )
     return out
 
 
@@ -116,7 +118,9 @@ def problems(objects: Iterable[Obj]) -> list[str]:
         out.extend(_security(where, pod))
         ns = _namespace(obj)
         if ns not in deny_namespaces:
-            out.append(f"{where}: no default-deny NetworkPolicy (empty podSelector, Ingress and Egress) in its namespace")
+            out.append(
+                f"{where}: no default-deny NetworkPolicy (empty podSelector, Ingress and Egress) in its namespace"
+            )
         if obj.get("kind") != "Deployment":
             continue
         name = obj["metadata"]["name"]

@@ -91,7 +91,7 @@ def _http(service: str) -> list[Panel]:
                 for window in ("1h", "6h")
             ),
             unit="percentunit",
-            description="Recording rules of deploy/prometheus/rules/feint.rules.yml; the budget is 0.1% (availability).",
+            description="Recording rules of deploy/prometheus/rules/feint.rules.yml; the availability budget is 0.1%.",
         ),
         Panel(
             "Requests in flight (and peak since start)",
@@ -122,7 +122,7 @@ def _platform(service: str) -> list[Panel]:
         ),
         Panel(
             "Pods up",
-            ((f"sum(up{{{job}}})", "up"), (f'count(feint_build_info{{{job}}}) by (version)', "version {{version}}")),
+            ((f"sum(up{{{job}}})", "up"), (f"count(feint_build_info{{{job}}}) by (version)", "version {{version}}")),
         ),
     ]
 
@@ -233,9 +233,18 @@ def _camouflage() -> list[Panel]:
         Panel(
             "Upstream errors, decision-log drops, metering failures (contract)",
             (
-                (f"sum by (reason) (rate(feint_gateway_upstream_errors_total{{{NS}}}[$__rate_interval]))", "upstream {{reason}}"),
-                (f"sum by (reason) (rate(feint_gateway_decisions_dropped_total{{{NS}}}[$__rate_interval]))", "log drop {{reason}}"),
-                (f"sum by (reason) (rate(feint_gateway_metering_failures_total{{{NS}}}[$__rate_interval]))", "metering {{reason}}"),
+                (
+                    f"sum by (reason) (rate(feint_gateway_upstream_errors_total{{{NS}}}[$__rate_interval]))",
+                    "upstream {{reason}}",
+                ),
+                (
+                    f"sum by (reason) (rate(feint_gateway_decisions_dropped_total{{{NS}}}[$__rate_interval]))",
+                    "log drop {{reason}}",
+                ),
+                (
+                    f"sum by (reason) (rate(feint_gateway_metering_failures_total{{{NS}}}[$__rate_interval]))",
+                    "metering {{reason}}",
+                ),
             ),
             unit="ops",
             description="Contract metrics of the gateway (issue #8).",

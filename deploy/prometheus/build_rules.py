@@ -136,7 +136,9 @@ def _slo_alerts() -> list[dict[str, Any]]:
     return alerts
 
 
-def _alert(name: str, expr: str, *, for_: str, severity: str, summary: str, description: str, **labels: str) -> dict[str, Any]:
+def _alert(
+    name: str, expr: str, *, for_: str, severity: str, summary: str, description: str, **labels: str
+) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": name, "expr": expr}
     if for_ != "0m":
         rule["for"] = for_
