@@ -72,7 +72,11 @@ def _run(args: list[str], *, cwd: Path = REPO) -> str:
 
 
 def render(overlay: str, *, tools: Tools) -> list[dict[str, Any]]:
-    text = _run([tools.kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)])
+    return render_dir(DEPLOY / "k8s" / "overlays" / overlay, tools=tools)
+
+
+def render_dir(path: Path, *, tools: Tools) -> list[dict[str, Any]]:
+    text = _run([tools.kubectl, "kustomize", str(path)])
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -186,6 +190,10 @@ def steps(tools: Tools, out_dir: Path) -> Iterator[tuple[str, Callable[[], str]]
             functools.partial(validated, overlay),
         )
         yield f"policy {overlay}", functools.partial(policed, overlay)
+    yield (
+        "kustomize + validate the dashboards' ConfigMaps",
+        lambda: listing(validate(render_dir(DEPLOY / "grafana", tools=tools))),
+    )
     yield "checkov", lambda: checkov([out_dir / f"{o}.yaml" for o in OVERLAYS] + [DEPLOY / "Dockerfile"], tools=tools)
     yield "hadolint", lambda: hadolint(tools=tools)
     yield "promtool check + test rules", lambda: promtool(tools=tools)

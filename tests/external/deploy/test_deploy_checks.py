@@ -110,6 +110,18 @@ def test_policy_every_deployment_has_pdb_hpa_networkpolicy_and_probes(rendered: 
     assert policy.problems(objects) == []
 
 
+def test_dashboards_render_as_valid_configmaps_for_the_grafana_sidecar(tools: run.Tools) -> None:
+    """deploy/grafana renders one labelled ConfigMap per dashboard, each valid."""
+    objects = run.render_dir(run.DEPLOY / "grafana", tools=tools)
+    assert run.validate(objects) == []
+    assert sorted(o["metadata"]["name"] for o in objects) == [
+        "feint-dashboard-camouflage",
+        "feint-dashboard-credits",
+        "feint-dashboard-shadow",
+    ]
+    assert all(o["metadata"]["labels"]["grafana_dashboard"] == "1" for o in objects)
+
+
 def test_checkov_passes_on_the_overlays_and_the_dockerfile(rendered: dict[str, Any], tools: run.Tools) -> None:
     """checkov --skip-download reports no failed check (skips are justified in deploy/checkov.yaml)."""
     output = run.checkov([path for _, path in rendered.values()] + [run.DEPLOY / "Dockerfile"], tools=tools)
