@@ -41,6 +41,17 @@ class Dashboard:
     panels: list[Panel] = field(default_factory=list)
 
 
+def _quantiles(bucket: str, selector: str, quantiles: tuple[float, ...]) -> tuple[tuple[str, str], ...]:
+    """One histogram_quantile query per quantile, legend p50/p95/p99."""
+    return tuple(
+        (
+            f"histogram_quantile({q}, sum by (le) (rate({bucket}{{{selector}}}[$__rate_interval])))",
+            f"p{round(q * 100)}",
+        )
+        for q in quantiles
+    )
+
+
 def _http(service: str) -> list[Panel]:
     sel = f'service="{service}",{NS},route!~"/health|/ready|/metrics"'
     return [
@@ -62,14 +73,7 @@ def _http(service: str) -> list[Panel]:
         ),
         Panel(
             "Latency p50 / p95 / p99",
-            tuple(
-                (
-                    f"histogram_quantile({q}, sum by (le) "
-                    f"(rate(feint_http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))",
-                    f"p{round(q * 100)}",
-                )
-                for q in (0.5, 0.95, 0.99)
-            ),
+            _quantiles("feint_http_request_duration_seconds_bucket", sel, (0.5, 0.95, 0.99)),
             unit="s",
         ),
         Panel(
@@ -142,14 +146,7 @@ def _credits() -> list[Panel]:
         ),
         Panel(
             "Transaction time p50 / p99 (lock to commit)",
-            tuple(
-                (
-                    f"histogram_quantile({q}, sum by (le) "
-                    f"(rate(feint_credits_transaction_seconds_bucket{{{NS}}}[$__rate_interval])))",
-                    f"p{round(q * 100)}",
-                )
-                for q in (0.5, 0.99)
-            ),
+            _quantiles("feint_credits_transaction_seconds_bucket", NS, (0.5, 0.99)),
             unit="s",
         ),
         Panel(
@@ -220,14 +217,7 @@ def _camouflage() -> list[Panel]:
         ),
         Panel(
             "Threat level of judged requests, p50 / p99 (contract)",
-            tuple(
-                (
-                    f"histogram_quantile({q}, sum by (le) "
-                    f"(rate(feint_gateway_threat_level_bucket{{{NS}}}[$__rate_interval])))",
-                    f"p{round(q * 100)}",
-                )
-                for q in (0.5, 0.99)
-            ),
+            _quantiles("feint_gateway_threat_level_bucket", NS, (0.5, 0.99)),
             description="Contract metric of the gateway (issue #8): threat 0-10 from Sigma hits and behaviour.",
         ),
         Panel(
