@@ -33,6 +33,7 @@ CUSTOM_KINDS = frozenset(
     {
         ("external-secrets.io/v1", "ExternalSecret"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("postgresql.cnpg.io/v1", "Cluster"),
         ("postgresql.cnpg.io/v1", "ScheduledBackup"),
     }
@@ -134,6 +135,10 @@ def generated_up_to_date() -> list[str]:
     stale = []
     if build_rules.RULES_FILE.read_text() != build_rules.render():
         stale.append(f"{build_rules.RULES_FILE.relative_to(REPO)}: run python -m deploy.prometheus.build_rules")
+    if build_rules.PROMETHEUS_RULE_FILE.read_text() != build_rules.render_prometheus_rule():
+        stale.append(
+            f"{build_rules.PROMETHEUS_RULE_FILE.relative_to(REPO)}: run python -m deploy.prometheus.build_rules"
+        )
     for board in build_dashboards.DASHBOARDS:
         path = build_dashboards.DASHBOARDS_DIR / f"feint-{board.service}.json"
         if not path.exists() or path.read_text() != build_dashboards.render(board):
