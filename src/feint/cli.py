@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feint import __version__
+from feint.backup.cli import backup_app
 from feint.credits.cli import credits_app
 from feint.errors import ConfigError, FeintError
 from feint.platform import keys as keys_mod
@@ -37,6 +38,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
+app.add_typer(backup_app, name="backup")
 app.add_typer(rules_app, name="rules")
 app.add_typer(shadow_app, name="shadow")
 

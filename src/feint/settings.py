@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     )
     master_key_file: Path | None = Field(None, description="File holding the master key (base64).")
     db_pool_size_max: int = Field(16, gt=0, description="Connections per process in the database pool.")
+    backup_url: str | None = Field(
+        None, description="Where backups go: `s3://bucket/prefix` or `file:///path`; unset: `feint backup` refuses."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (`http://minio:9000`); unset: AWS S3 (credentials the usual AWS way)."
+    )
+    backup_keyset: Path | None = Field(
+        None, description="Backup keyset file (Tink streaming AEAD, encrypted by the master key; `feint backup keygen`)."
+    )
+    backup_webhook_url: str | None = Field(
+        None, description="URL that receives a JSON POST on every backup/verify success and failure; unset: none."
+    )
+    backup_pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway for the backup job's metrics (`http://pushgateway:9091`); unset: none."
+    )
 
     @field_validator("credits_port", "shadow_port", "camouflage_port", "gateway_port")
     @classmethod
@@ -108,11 +123,18 @@ class Settings(BaseSettings):
             raise ValueError("not a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("upstream_url", "otlp_endpoint")
+    @field_validator("upstream_url", "otlp_endpoint", "s3_endpoint_url", "backup_webhook_url", "backup_pushgateway_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("not an http:// or https:// URL")
+        return value
+
+    @field_validator("backup_url")
+    @classmethod
+    def _backup_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("s3://", "file://")):
+            raise ValueError("not an s3://bucket/prefix or file:///path URL")
         return value
 
     @field_validator("master_key")
@@ -156,6 +178,10 @@ _EXPECTED = {
     "otlp_endpoint": "http(s)://collector:4318",
     "log_level": "debug, info, warning or error",
     "log_format": "auto, json or console",
+    "backup_url": "s3://bucket/prefix or file:///path",
+    "s3_endpoint_url": "http(s)://host:port",
+    "backup_webhook_url": "http(s)://host/path",
+    "backup_pushgateway_url": "http(s)://pushgateway:9091",
     "master_key": "base64 of 32 random bytes (openssl rand -base64 32)",
 }
 

@@ -29,9 +29,11 @@ copied into another row does not decrypt.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
@@ -39,7 +41,7 @@ import tink
 from tink import aead, cleartext_keyset_handle, secret_key_access
 from tink.proto import aes_gcm_pb2, tink_pb2
 
-from feint.errors import FeintError, InvariantViolated, NotFound
+from feint.errors import ConfigError, Conflict, FeintError, InvariantViolated, NotFound
 from feint.platform.db import Database
 from feint.platform.secrets import derive
 
@@ -51,6 +53,7 @@ TINK_PREFIX_BYTES = 5  # 0x01 + 4-byte key id, for keys with output prefix TINK
 REENCRYPT_PAGE_ROWS = 500
 KEYS_PER_KEYSET_MAX = 64
 KEYRING_RELOAD_SECONDS = 60.0
+KEYSET_FILE_BYTES_MAX = 64 * 1024
 _AES_GCM_TYPE_URL = "type.googleapis.com/google.crypto.tink.AesGcmKey"
 
 
@@ -101,10 +104,7 @@ class Keyring:
         self.name = name
         self._handle = handle
         self._aead = handle.primitive(aead.Aead)
-        info = handle.keyset_info()
-        self.info = KeysetInfo(
-            name=name, primary_key_id=info.primary_key_id, key_ids=tuple(k.key_id for k in info.key_info)
-        )
+        self.info = keyset_info(name, handle)
 
     def encrypt(self, plaintext: bytes, *, associated_data: bytes) -> bytes:
         return bytes(self._aead.encrypt(plaintext, associated_data))
@@ -125,6 +125,12 @@ class Keyring:
         return self.key_id_of(ciphertext) == self.info.primary_key_id
 
 
+def keyset_info(name: str, handle: tink.KeysetHandle) -> KeysetInfo:
+    """The ids of a keyset's keys and of its primary (no key material)."""
+    info = handle.keyset_info()
+    return KeysetInfo(name=name, primary_key_id=info.primary_key_id, key_ids=tuple(k.key_id for k in info.key_info))
+
+
 def _associated(name: str) -> bytes:
     return KEYSET_ASSOCIATED_PREFIX + name.encode()
 
@@ -140,21 +146,67 @@ def open_keyset(encrypted: bytes, provider: MasterKeyProvider, name: str) -> tin
         raise DecryptionFailed(f"keyset {name!r} does not open with this master key") from exc
 
 
-def add_primary_key(handle: tink.KeysetHandle) -> tink.KeysetHandle:
-    """The keyset with one more AES-256-GCM key, made primary; existing keys stay enabled."""
+def add_primary_key(
+    handle: tink.KeysetHandle, *, template: tink_pb2.KeyTemplate = KEYSET_TEMPLATE
+) -> tink.KeysetHandle:
+    """The keyset with one more key of ``template`` (default AES-256-GCM), made primary; existing keys
+    stay enabled."""
     keyset = tink_pb2.Keyset.FromString(tink.proto_keyset_format.serialize(handle, secret_key_access.TOKEN))
     if len(keyset.key) >= KEYS_PER_KEYSET_MAX:
         raise InvariantViolated(f"a keyset holds at most {KEYS_PER_KEYSET_MAX} keys; retire old ones first")
-    fresh = tink.new_keyset_handle(KEYSET_TEMPLATE)
+    fresh = tink.new_keyset_handle(template)
     new_key = tink_pb2.Keyset.FromString(tink.proto_keyset_format.serialize(fresh, secret_key_access.TOKEN)).key[0]
     used = {k.key_id for k in keyset.key}
     while new_key.key_id in used:  # pragma: no cover - a 1-in-4-billion collision
         new_key = tink_pb2.Keyset.FromString(
-            tink.proto_keyset_format.serialize(tink.new_keyset_handle(KEYSET_TEMPLATE), secret_key_access.TOKEN)
+            tink.proto_keyset_format.serialize(tink.new_keyset_handle(template), secret_key_access.TOKEN)
         ).key[0]
     keyset.key.append(new_key)
     keyset.primary_key_id = new_key.key_id
     return tink.proto_keyset_format.parse(keyset.SerializeToString(), secret_key_access.TOKEN)
+
+
+# --- keysets kept in a file (the backup keyset: it must open without the database) ------------
+
+
+def read_keyset_file(
+    path: Path, provider: MasterKeyProvider, name: str, *, variable: str = "keyset file"
+) -> tink.KeysetHandle:
+    """A keyset stored by `write_keyset_file`; errors name the file (and the setting that names it)."""
+    try:
+        encrypted = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path}: {exc.strerror or exc}", "a readable keyset file") from None
+    if len(encrypted) > KEYSET_FILE_BYTES_MAX:
+        raise ConfigError(variable, f"{path} is {len(encrypted)} bytes", f"at most {KEYSET_FILE_BYTES_MAX}")
+    try:
+        return open_keyset(encrypted, provider, name)
+    except DecryptionFailed as exc:
+        raise DecryptionFailed(f"{path}: {exc.detail}") from exc
+
+
+def write_keyset_file(
+    path: Path, handle: tink.KeysetHandle, provider: MasterKeyProvider, name: str, *, replace: bool
+) -> None:
+    """Seal a keyset with the master key into ``path`` (mode 0600), atomically: a crash leaves the old
+    file or the new one, never half of one. ``replace=False`` refuses to overwrite."""
+    sealed = seal_keyset(handle, provider, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not replace and path.exists():
+        raise Conflict(f"{path} exists; refusing to overwrite a keyset (older backups need it)")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle_out:
+            handle_out.write(sealed)
+            handle_out.flush()
+            os.fsync(handle_out.fileno())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if another process created it meanwhile
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 # --- storage in the keysets table -------------------------------------------------------------

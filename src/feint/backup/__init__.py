@@ -1,0 +1,1 @@
+"""Encrypted, verified backups of the database (`feint backup …`); see docs/operations.md, Backups."""
