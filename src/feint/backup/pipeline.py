@@ -17,6 +17,7 @@ never half restored: on any failure pg_restore is killed and its transaction rol
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import secrets
@@ -85,6 +86,7 @@ class _StderrTail:
     def __init__(self, stream: IO[bytes]) -> None:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
+        self._stream = stream
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -98,6 +100,11 @@ class _StderrTail:
     def text(self) -> str:
         self._thread.join(timeout=PROCESS_EXIT_SECONDS_MAX)
         return b"".join(self._chunks).decode(errors="replace").strip()
+
+    def close(self) -> None:
+        """After the process has exited: wait for the reader and close the pipe."""
+        self._thread.join(timeout=PROCESS_EXIT_SECONDS_MAX)
+        self._stream.close()
 
 
 class _HashingSink(io.RawIOBase):
@@ -315,6 +322,9 @@ def _stream_dump(
             proc.kill()
             proc.wait()
         raise
+    finally:
+        proc.stdout.close()
+        stderr.close()
     return dump_bytes, compressed_bytes, sink
 
 
@@ -402,3 +412,8 @@ def restore_into(
             proc.kill()  # its single transaction rolls back
             proc.wait()
         raise
+    finally:
+        if not stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+        stderr.close()

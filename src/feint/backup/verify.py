@@ -105,14 +105,14 @@ def verify_backup(
         report.problems += compare_counts(manifest.row_counts, counts)
         report.problems += compare_heads(manifest.audit_heads, heads)
         if heads or manifest.audit_heads:
-            report.problems += asyncio.run(_ledger_audit(scratch_url, report))
+            report.problems += asyncio.run(ledger_audit(scratch_url, report))
     finally:
         with connect_sync(admin) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
     return report
 
 
-async def _ledger_audit(url: str, report: VerifyReport) -> list[str]:
+async def ledger_audit(url: str, report: VerifyReport) -> list[str]:
     from feint.credits import verify as ledger_verify
 
     db = Database(url, role=None, size_max=2, name="feint-backup-verify")
