@@ -7,17 +7,24 @@ policy in its namespace; startup, liveness and readiness probes on every contain
 security context of docs/operations.md ("Security practices"). A Deployment with an HPA rolls
 with ``maxUnavailable: 0``. Every Job and CronJob pod meets the same security context.
 
+Every Secret and ConfigMap a pod references exists in the rendered set: a ConfigMap, an
+ExternalSecret's target, or a Secret CloudNativePG makes for its Cluster (``<cluster>-ca``,
+``-app``, ``-superuser``, ``-replication``, ``-server``). Every CloudNativePG Cluster has three
+instances or more, a WAL archive in an object store and a ScheduledBackup.
+
 `problems` is pure: it takes the parsed objects and returns one line per violation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 EXEMPT_HPA = "feint.io/policy-exempt-hpa"
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 WORKLOAD_KINDS = ("Deployment", "Job", "CronJob")
+CNPG_SECRET_SUFFIXES = ("-ca", "-app", "-superuser", "-replication", "-server")
+DATABASE_INSTANCES_MIN = 3
 Obj = Mapping[str, Any]
 
 
@@ -93,6 +100,62 @@ def _security(where: str, pod: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _references(pod: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(kind, name) of every Secret and ConfigMap a pod spec reads."""
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            yield "Secret", volume["secret"]["secretName"]
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"]
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                yield "Secret", source["secretRef"]["name"]
+            if "configMapRef" in source:
+                yield "ConfigMap", source["configMapRef"]["name"]
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {})
+            if "secretKeyRef" in ref:
+                yield "Secret", ref["secretKeyRef"]["name"]
+            if "configMapKeyRef" in ref:
+                yield "ConfigMap", ref["configMapKeyRef"]["name"]
+
+
+def _provided(objs: list[Obj]) -> set[tuple[str, str, str]]:
+    """(namespace, kind, name) of every Secret and ConfigMap the rendered set makes."""
+    out = set()
+    for o in objs:
+        ns, kind, name = _namespace(o), o.get("kind"), o.get("metadata", {}).get("name", "")
+        if kind in ("Secret", "ConfigMap"):
+            out.add((ns, str(kind), name))
+        elif kind == "ExternalSecret":
+            out.add((ns, "Secret", o.get("spec", {}).get("target", {}).get("name") or name))
+        elif kind == "Cluster" and str(o.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
+            out.update((ns, "Secret", name + suffix) for suffix in CNPG_SECRET_SUFFIXES)
+    return out
+
+
+def _databases(objs: list[Obj]) -> list[str]:
+    out = []
+    scheduled = {
+        (_namespace(o), o.get("spec", {}).get("cluster", {}).get("name"))
+        for o in objs
+        if o.get("kind") == "ScheduledBackup"
+    }
+    for o in objs:
+        if o.get("kind") != "Cluster" or not str(o.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
+            continue
+        where, spec = _name(o), o.get("spec", {})
+        if int(spec.get("instances", 1)) < DATABASE_INSTANCES_MIN:
+            out.append(f"{where}: fewer than {DATABASE_INSTANCES_MIN} instances")
+        store = spec.get("backup", {}).get("barmanObjectStore", {})
+        if not store.get("destinationPath") or "wal" not in store:
+            out.append(f"{where}: no WAL archive (spec.backup.barmanObjectStore with destinationPath and wal)")
+        if (_namespace(o), o["metadata"]["name"]) not in scheduled:
+            out.append(f"{where}: no ScheduledBackup for it")
+    return out
+
+
 def problems(objects: Iterable[Obj]) -> list[str]:
     """Every violation of the rules above in a rendered set of manifests, one line each."""
     objs = [o for o in objects if o]
@@ -110,12 +173,19 @@ def problems(objects: Iterable[Obj]) -> list[str]:
         and not p["spec"].get("egress")
     }
 
+    provided = _provided(objs)
+    out.extend(_databases(objs))
     for obj in objs:
         if obj.get("kind") not in WORKLOAD_KINDS:
             continue
         where = _name(obj)
         pod, labels = _pod_spec(obj)
         out.extend(_security(where, pod))
+        out.extend(
+            f"{where}: references {kind} {name!r}, which nothing in the manifests makes"
+            for kind, name in sorted(set(_references(pod)))
+            if (_namespace(obj), kind, name) not in provided
+        )
         ns = _namespace(obj)
         if ns not in deny_namespaces:
             out.append(

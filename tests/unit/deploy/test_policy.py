@@ -179,3 +179,51 @@ def test_jobs_and_cronjobs_get_the_security_checks_but_not_the_deployment_ones()
     assert problems([cronjob, *deny]) == [
         "CronJob/feint/feint-backup container credits: readOnlyRootFilesystem is not true"
     ]
+
+
+def test_every_referenced_secret_and_configmap_must_be_made_by_the_manifests() -> None:
+    """A misspelt Secret name is reported; ExternalSecret targets, ConfigMaps and CNPG's secrets count."""
+    deployment = _deployment()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["envFrom"] = [{"configMapRef": {"name": "feint-config"}}]
+    container["env"] = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "feint-databse", "key": "URL"}}}]
+    deployment["spec"]["template"]["spec"]["volumes"] = [{"name": "ca", "secret": {"secretName": "feint-db-ca"}}]
+    made = [
+        {"kind": "ConfigMap", "metadata": {"name": "feint-config", "namespace": "feint"}},
+        {
+            "kind": "ExternalSecret",
+            "metadata": {"name": "db", "namespace": "feint"},
+            "spec": {"target": {"name": "feint-database"}},
+        },
+        {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "feint-db", "namespace": "feint"},
+            "spec": {"instances": 3, "backup": {"barmanObjectStore": {"destinationPath": "s3://b/p", "wal": {}}}},
+        },
+        {
+            "kind": "ScheduledBackup",
+            "metadata": {"name": "n", "namespace": "feint"},
+            "spec": {"cluster": {"name": "feint-db"}},
+        },
+    ]
+    assert problems([deployment, *_companions(), *made]) == [
+        "Deployment/feint/feint-credits: references Secret 'feint-databse', which nothing in the manifests makes"
+    ]
+    container["env"][0]["valueFrom"]["secretKeyRef"]["name"] = "feint-database"
+    assert problems([deployment, *_companions(), *made]) == []
+
+
+def test_database_cluster_needs_three_instances_a_wal_archive_and_a_scheduled_backup() -> None:
+    """A CloudNativePG Cluster without replicas, archive or schedule is reported on each count."""
+    cluster = {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": "feint-db", "namespace": "feint"},
+        "spec": {"instances": 1},
+    }
+    assert problems([cluster]) == [
+        "Cluster/feint/feint-db: fewer than 3 instances",
+        "Cluster/feint/feint-db: no WAL archive (spec.backup.barmanObjectStore with destinationPath and wal)",
+        "Cluster/feint/feint-db: no ScheduledBackup for it",
+    ]
