@@ -33,9 +33,10 @@ LIFECYCLE_MONTHLY_DAYS = 7 * 365 + 2  # seven years, leap days included
 ABORT_INCOMPLETE_UPLOADS_DAYS = 1
 
 
-def lifecycle_rules() -> dict[str, Any]:
-    """The S3 lifecycle configuration: 30 days of dailies, 7 years of monthlies in Glacier."""
-    return {
+def lifecycle_rules(*, transition: bool = True) -> dict[str, Any]:
+    """The S3 lifecycle configuration: 30 days of dailies, 7 years of monthlies (in Glacier
+    Instant Retrieval after 30 days, unless ``transition`` is off for servers without storage classes)."""
+    rules: dict[str, Any] = {
         "Rules": [
             {
                 "ID": "feint-daily-30-days",
@@ -58,6 +59,9 @@ def lifecycle_rules() -> dict[str, Any]:
             },
         ]
     }
+    if not transition:
+        del rules["Rules"][1]["Transitions"]
+    return rules
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -362,11 +366,14 @@ def rotate_key() -> None:
 @backup_app.command()
 def lifecycle(
     print_only: Annotated[bool, typer.Option("--print", help="Print the JSON instead of applying it.")] = False,
+    no_transition: Annotated[
+        bool, typer.Option("--no-transition", help="No move to GLACIER_IR (servers without storage classes).")
+    ] = False,
 ) -> None:
     """Apply the bucket lifecycle rules: dailies 30 days; monthlies to GLACIER_IR after 30 days, kept 7 years."""
     from feint.backup.storage import S3Storage
 
-    rules = lifecycle_rules()
+    rules = lifecycle_rules(transition=not no_transition)
     if print_only:
         out.print_json(orjson.dumps(rules).decode())
         return
@@ -377,12 +384,12 @@ def lifecycle(
         if not isinstance(storage, S3Storage):
             err.print("[red]error:[/red] lifecycle rules apply to an s3:// FEINT_BACKUP_URL; use `prune` for a folder")
             raise typer.Exit(2)
-        prefixed = lifecycle_rules()
+        prefixed = lifecycle_rules(transition=not no_transition)
         for rule in prefixed["Rules"]:
             rule["Filter"]["Prefix"] = storage.full_key(rule["Filter"]["Prefix"])
         storage.call(
             "put_bucket_lifecycle_configuration",
-            what=f"set lifecycle of {storage.bucket}",
+            what=f"set lifecycle of {storage.bucket} (a server without storage classes needs --no-transition)",
             Bucket=storage.bucket,
             LifecycleConfiguration=prefixed,
         )

@@ -6,9 +6,9 @@ import psycopg
 import pytest
 
 from feint.backup import pipeline, verify
+from feint.backup.drill import DRILL_ACCOUNTS_PER_TENANT, DRILL_TENANTS, LedgerWriter
 from feint.backup.keys import BackupKeys
 from feint.backup.storage import Storage
-from feint.backup.drill import DRILL_ACCOUNTS_PER_TENANT, DRILL_TENANTS, LedgerWriter
 
 pytestmark = pytest.mark.integration
 GRANTS = DRILL_TENANTS * DRILL_ACCOUNTS_PER_TENANT  # a grant is a transfer from the tenant's grant account
