@@ -93,13 +93,15 @@ class Settings(BaseSettings):
         None, description="S3-compatible endpoint (`http://minio:9000`); unset: AWS S3 (credentials the usual AWS way)."
     )
     backup_keyset: Path | None = Field(
-        None, description="Backup keyset file (Tink streaming AEAD, encrypted by the master key; `feint backup keygen`)."
+        None,
+        description="Backup keyset file (Tink streaming AEAD, encrypted by the master key; `feint backup keygen`).",
     )
     backup_webhook_url: str | None = Field(
         None, description="URL that receives a JSON POST on every backup/verify success and failure; unset: none."
     )
     backup_pushgateway_url: str | None = Field(
-        None, description="Prometheus Pushgateway for the backup job's metrics (`http://pushgateway:9091`); unset: none."
+        None,
+        description="Prometheus Pushgateway for the backup job's metrics (`http://pushgateway:9091`); unset: none.",
     )
 
     @field_validator("credits_port", "shadow_port", "camouflage_port", "gateway_port")
