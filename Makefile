@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint bench format clean deploy-tools deploy-check
+.PHONY: install install-dev up test lint bench format clean deploy-tools deploy-check dr-drill
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -61,6 +61,11 @@ deploy-tools: $(TOOLS_VENV)/.installed
 deploy-check: install-dev deploy-tools
 	$(BIN)/ruff check deploy
 	$(BIN)/python -m deploy.checks
+
+## dr-drill: fill the ledger, back up, destroy the database, restore, verify; prints RTO and the data-loss window
+## (FEINT_DATABASE_URL or embedded PostgreSQL; FEINT_BACKUP_URL or a SeaweedFS started for the drill)
+dr-drill: install
+	$(BIN)/feint backup drill
 
 ## lock: re-resolve the pinned dependencies (needs the network)
 lock:
