@@ -64,7 +64,7 @@ deploy-check: install-dev deploy-tools
 
 ## dr-drill: fill the ledger, back up, destroy the database, restore, verify; prints RTO and the data-loss window
 ## (FEINT_DATABASE_URL or embedded PostgreSQL; FEINT_BACKUP_URL or a SeaweedFS started for the drill)
-dr-drill: install
+dr-drill: install-dev
 	$(BIN)/feint backup drill
 
 ## lock: re-resolve the pinned dependencies (needs the network)
