@@ -152,7 +152,8 @@ def main() -> None:
             f"create: {create['seconds']:.1f} s = {mb / create['seconds']:.1f} MB/s of database "
             f"(target >= {TARGET_CREATE_MB_S:.0f}); dump {create['dump_bytes'] / 1e6:.0f} MB, "
             f"stored {create['stored_bytes'] / 1e6:.0f} MB, parts of {create['part_bytes'] >> 20} MiB; "
-            f"peak RSS {create['rss_mib']:.0f} MiB (target <= {TARGET_RSS_MIB:.0f}), pg_dump {create['children_rss_mib']:.0f} MiB"
+            f"peak RSS {create['rss_mib']:.0f} MiB (target <= {TARGET_RSS_MIB:.0f}), "
+            f"pg_dump {create['children_rss_mib']:.0f} MiB"
         )
         print(
             f"verify: {verify_['seconds']:.1f} s = {mb / verify_['seconds']:.1f} MB/s of database "
