@@ -225,6 +225,7 @@ def create_backup(
     started = datetime.now(UTC)
     existing = catalog(storage).manifests
     session = postgres.SnapshotSession(database_url)
+    counter: threading.Thread | None = None
     try:
         snap = session.snapshot
         tool = postgres.choose("pg_dump", at_least=postgres.server_major(snap.server_version_num))
@@ -234,9 +235,14 @@ def create_backup(
             on_plan(snap.database_bytes)
         part_bytes = part_bytes_for(snap.database_bytes)
         counted: dict[str, Any] = {}
-        counter = threading.Thread(
-            target=lambda: counted.update(rows=session.row_counts(), heads=session.audit_heads()), daemon=True
-        )
+
+        def count() -> None:
+            try:
+                counted.update(rows=session.row_counts(), heads=session.audit_heads())
+            except Exception as exc:  # noqa: BLE001 - reported by the main thread as BackupFailed
+                counted["error"] = exc
+
+        counter = threading.Thread(target=count, daemon=True)
         counter.start()
         writer = storage.writer(f"{folder_of(kind, backup_id)}/{OBJECT_NAME}", part_bytes=part_bytes)
         try:
@@ -246,12 +252,15 @@ def create_backup(
             )  # fmt: skip
             counter.join(timeout=ROW_COUNT_SECONDS_MAX)
             if "heads" not in counted:
-                raise BackupFailed("counting rows in the snapshot failed or took too long (see the log)")  # noqa: TRY301 - the upload must be aborted
+                problem = counted.get("error", "took too long")
+                raise BackupFailed(f"counting rows in the snapshot failed: {problem}")  # noqa: TRY301 - abort below
             stored_bytes = writer.commit()
         except BaseException:
             writer.abort()
             raise
     finally:
+        if counter is not None:
+            _stop_counting(session, counter)
         session.close()
     if stored_bytes != sink.bytes:
         raise BackupFailed(f"stored {stored_bytes} bytes but encrypted {sink.bytes}")
@@ -281,6 +290,13 @@ def create_backup(
     )
     storage.put(manifest.manifest_key, manifest.to_json())
     return manifest
+
+
+def _stop_counting(session: postgres.SnapshotSession, counter: threading.Thread) -> None:
+    """A failed dump must not wait for hours of counting: cancel the query, then wait for the thread."""
+    if counter.is_alive():
+        session.conn.cancel_safe()
+        counter.join(timeout=PROCESS_EXIT_SECONDS_MAX)
 
 
 def _stream_dump(
