@@ -97,3 +97,29 @@ def test_lifecycle_applied_to_a_real_bucket(
     assert len(rules) == len(lifecycle_rules()["Rules"])
     printed = json.loads(CliRunner().invoke(app, ["backup", "lifecycle", "--print"]).stdout)
     assert printed["Rules"][1]["Transitions"] == [{"Days": 30, "StorageClass": "GLACIER_IR"}]
+
+
+def test_restore_force_and_prune(env: dict[str, str], clean_db: str) -> None:
+    """restore creates a missing target, refuses it once filled, replaces it with --force; prune deletes."""
+    import psycopg
+
+    from feint.backup import verify
+
+    assert run("keygen", "--out", env["FEINT_BACKUP_KEYSET"])[0] == 0
+    first = run("create")[1].strip()
+    assert run("create")[0] == 0
+    target = verify.with_database(clean_db, "feint_verify_cli_restore")
+    try:
+        code, _, err = run("restore", first, "--target", target)
+        assert code == 0, err
+        assert verify.target_state(target)[1] > 0
+        assert run("restore", first, "--target", target)[0] == 1
+        code, _, err = run("restore", "latest", "--target", target, "--force")
+        assert code == 0, err
+    finally:
+        with psycopg.connect(verify.with_database(clean_db, "postgres"), autocommit=True) as conn:
+            conn.execute('DROP DATABASE IF EXISTS "feint_verify_cli_restore" WITH (FORCE)')
+    code, out, _ = run("prune", "--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0")
+    assert code == 0 and f"delete monthly/{first}" in out
+    listed = json.loads(run("list", "--json")[1])
+    assert len(listed["backups"]) == 1 and first not in out.split("delete")[0]
