@@ -111,8 +111,21 @@ def _database(settings: Settings) -> Iterator[str]:
         target.stop()
 
 
+class _Bar:
+    """A progress bar's two handles: advance by a byte count, and set the total once known."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def __call__(self, count: int) -> None:
+        self._progress.advance(self._task, count)
+
+    def total(self, value: int) -> None:
+        self._progress.update(self._task, total=value)
+
+
 @contextmanager
-def _bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+def _bar(description: str, total: int | None) -> Iterator[_Bar]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -121,12 +134,7 @@ def _bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(count: int) -> None:
-            progress.advance(task, count)
-
-        yield advance
+        yield _Bar(progress, progress.add_task(description, total=total))
 
 
 def _report(
@@ -164,10 +172,14 @@ def create() -> None:
         storage, keys = _storage(settings), _keys(settings)
         with _database(settings) as url:
             try:
-                with _bar("backing up (database bytes dumped)", None) as advance:
-                    manifest = pipeline.create_backup(database_url=url, storage=storage, keys=keys, progress=advance)
-            except FeintError as exc:
-                data = {"database": database_name(url), "error": exc.detail, "url": storage.url}
+                # The total is the database size (indexes are not dumped, so the bar may end early).
+                with _bar("backing up (dump bytes of database size)", None) as bar:
+                    manifest = pipeline.create_backup(
+                        database_url=url, storage=storage, keys=keys, progress=bar, on_plan=bar.total
+                    )
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, FeintError) else f"{type(exc).__name__}: {exc}"
+                data = {"database": database_name(url), "error": detail, "url": storage.url}
                 _report(settings, operation="create", database=database_name(url), started=started, data=data, ok=False)
                 raise
         elapsed = time.monotonic() - started
@@ -236,8 +248,9 @@ def verify(
                     report = verify_mod.verify_backup(
                         storage=storage, manifest=manifest, keys=keys, server_url=url, progress=advance
                     )
-            except FeintError as exc:
-                data = {"backup": manifest.id, "ok": False, "problems": [exc.detail]}
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, FeintError) else f"{type(exc).__name__}: {exc}"
+                data = {"backup": manifest.id, "ok": False, "problems": [detail]}
                 _report(settings, operation="verify", database=manifest.database, started=started, data=data, ok=False)
                 raise
         _report(

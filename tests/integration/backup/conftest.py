@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,3 +69,28 @@ def filled_ledger(clean_db: str, make_settings: Callable[..., Settings]) -> Ledg
     writer.open_accounts()
     writer.transfer(40)
     return writer
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A loopback HTTP server that records each request (method, path, body) and answers 200."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append(("POST", self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()

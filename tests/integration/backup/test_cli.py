@@ -123,3 +123,22 @@ def test_restore_force_and_prune(env: dict[str, str], clean_db: str) -> None:
     assert code == 0 and f"delete monthly/{first}" in out
     listed = json.loads(run("list", "--json")[1])
     assert len(listed["backups"]) == 1 and first not in out.split("delete")[0]
+
+
+def test_failed_create_posts_the_alert(
+    env: dict[str, str], receiver: tuple[str, list[tuple[str, str, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable S3 endpoint: exit 1, the error printed, and backup.failed POSTed to the webhook."""
+    from tests.conftest import free_port
+
+    url, seen = receiver
+    monkeypatch.setenv("FEINT_BACKUP_URL", "s3://nowhere/x")
+    monkeypatch.setenv("FEINT_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("FEINT_BACKUP_WEBHOOK_URL", url + "/hook")
+    get_settings.cache_clear()
+    assert run("keygen", "--out", env["FEINT_BACKUP_KEYSET"])[0] == 0
+    code, _, err = run("create")
+    assert code == 1 and "cannot reach the S3 endpoint" in err
+    assert len(seen) == 1 and seen[0][1] == "/hook"
+    body = json.loads(seen[0][2])
+    assert body["event"] == "backup.failed" and "cannot reach" in body["data"]["error"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,31 +23,6 @@ def test_drill_restores_and_measures(database_url: str, make_settings: Callable[
     assert result.transfers_before_backup == 30 and result.transfers_lost == 3
     assert result.rto_seconds > 0 and result.loss_window_seconds > 0
     assert any("destroyed" in line for line in said)
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    """A loopback HTTP server that records each request (method, path, body) and answers 200."""
-    seen: list[tuple[str, str, bytes]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            seen.append(("POST", self.path, body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *_: object) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_metrics_pushed_per_operation(receiver: tuple[str, list[tuple[str, str, bytes]]]) -> None:
