@@ -6,7 +6,8 @@ Every replica draws from one token bucket per key kept in Redis (the same rule a
 falls under half a block, a background task tops it up to ``L`` while requests go on being
 answered from what is left, so under steady load no request waits for Redis; a request waits
 only when its process holds no token at all (at start, after a burst, or when the shared bucket
-is empty, which is then a refusal).
+is empty, which is then a refusal). Leases of one token (bursts under 32) are not topped up
+ahead: each worker of each replica would otherwise sit on a token another one needs.
 
 **Bound.** Redis never grants more tokens than its bucket holds, so in any interval of ``T``
 seconds the replicas together admit at most what the bucket gives out in it
@@ -89,7 +90,7 @@ class LeasedRateLimiter:
                 lease.held = 0
             if lease.held > 0:
                 lease.held -= 1
-                if lease.held * 2 < size and lease.refill is None:
+                if size > 1 and lease.held * 2 < size and lease.refill is None:
                     lease.refill = asyncio.create_task(self._background(key, lease, rate=rate, burst=burst))
                 left = min(float(burst), lease.held + lease.shared)
                 return decision(True, left, rate=rate, burst=burst)

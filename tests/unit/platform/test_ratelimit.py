@@ -115,3 +115,15 @@ async def test_unreachable_bucket_fails_the_request() -> None:
     with pytest.raises(DependencyUnavailable):
         await limiter.acquire("k", rate=1.0, burst=10)
     await limiter.close()
+
+
+async def test_one_token_leases_are_not_topped_up_ahead() -> None:
+    """With a lease of one token a process takes a token only for a request it is answering."""
+    clock = [0.0]
+    bucket = Bucket(clock)
+    limiter = LeasedRateLimiter(bucket, clock=lambda: clock[0])
+    assert (await limiter.acquire("k", rate=0.001, burst=4)).allowed
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert bucket.state["k"][0] == 3.0  # one taken, none held in reserve
+    await limiter.close()
