@@ -147,7 +147,7 @@ def services(
             log = files.enter_context(tempfile.NamedTemporaryFile(prefix="feint-bench-credits-", suffix=".log"))
             logs.append(log.name)
             command = [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port)]
-            command += ["--workers", str(workers)]
+            command += ["--workers", str(workers)] if workers else []  # 0: a build without the option
             procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
             bases.append(f"http://127.0.0.1:{port}")
         try:
@@ -175,7 +175,7 @@ def _started(bases: list[str], procs: list[subprocess.Popen[bytes]], logs: list[
                 any(c.laddr.port == port and c.status == "LISTEN" for c in w.net_connections())
                 for w in _workers(proc.pid, workers)
             )
-            if listening == workers:
+            if listening == max(1, workers):
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(base + "/health", timeout=1).status_code == 200:
                         break
@@ -186,7 +186,7 @@ def _started(bases: list[str], procs: list[subprocess.Popen[bytes]], logs: list[
 
 def _workers(pid: int, workers: int) -> list[psutil.Process]:
     """The processes that serve: the supervisor's children, or the process itself with one worker."""
-    return psutil.Process(pid).children() if workers > 1 else [psutil.Process(pid)]
+    return psutil.Process(pid).children() if workers > 1 else [psutil.Process(pid)]  # 0 and 1: itself
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -322,7 +322,7 @@ def metric_sum(bases: list[str], name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=1, help="`feint serve credits` supervisors")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="--workers of each (default: cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="--workers of each (cores; 0: omit)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument("--batch-concurrency", type=int, default=2, help="batch requests in flight")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement per figure")
