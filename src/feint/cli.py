@@ -105,11 +105,10 @@ def _free_port(host: str) -> int:
 @app.command()
 def up() -> None:
     """Run all three services and the gateway in this process (embedded database when none is set)."""
-    import asyncio
 
     from feint.camouflage import demo
     from feint.camouflage.gateway import Gateway
-    from feint.platform.serve import serve_all
+    from feint.platform.serve import run_loop, serve_all
 
     settings = _settings(serving=True)
     begun = time.perf_counter()
@@ -141,7 +140,7 @@ def up() -> None:
                 err.print(table)
                 err.print(f"healthy {time.perf_counter() - begun:.2f} s after start; Ctrl-C stops everything")
 
-            asyncio.run(serve_all(uv, on_ready=ready))
+            run_loop(serve_all(uv, on_ready=ready))
         err.print("stopped")
 
     _guard(body)
@@ -162,9 +161,8 @@ def serve(
     reuse_port: Annotated[bool, typer.Option(hidden=True, help="Internal: a worker of a supervisor.")] = False,
 ) -> None:
     """Run one service (what a container runs)."""
-    import asyncio
 
-    from feint.platform.serve import default_workers, reuse_port_socket, run_workers, serve_all
+    from feint.platform.serve import default_workers, reuse_port_socket, run_loop, run_workers, serve_all
 
     if name not in SERVICES:
         err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
@@ -189,7 +187,7 @@ def serve(
             server = uvicorn_server(service_app(name, platform), settings=settings, port=chosen)
             # A supervisor's worker listens on its own SO_REUSEPORT socket of the shared port.
             sockets = [reuse_port_socket(settings.host, chosen)] if reuse_port else None
-            asyncio.run(serve_all([server], sockets=sockets))
+            run_loop(serve_all([server], sockets=sockets))
 
     _guard(body)
 
