@@ -30,7 +30,7 @@ _RULES: tuple[tuple[str, str, str | None], ...] = (
     ("authentication", "platform/web.py", "dependency"),
     ("cache", "credits/cache.py", None),
     ("validation", "credits/schemas.py", None),
-    ("validation", "credits/fastpath.py", "decode"),
+    ("validation", "credits/hot.py", "_decode"),
     ("validation", "pydantic", None),
     ("validation", "msgspec", None),
     ("ledger", "feint/credits/", None),
@@ -48,8 +48,9 @@ _RULES: tuple[tuple[str, str, str | None], ...] = (
 def bucket_of(frames: list[str]) -> str:
     """The bucket of one stack (outermost frame first, as py-spy writes it)."""
     for frame in reversed(frames):
+        name = frame.split(" (", 1)[0]  # "Class.method" or "function"
         for bucket, fragment, function in _RULES:
-            if fragment in frame and (function is None or frame.startswith(function + " ")):
+            if fragment in frame and (function is None or name == function or name.endswith("." + function)):
                 return bucket
     return "other"
 

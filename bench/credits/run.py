@@ -283,7 +283,7 @@ async def measure(
         for _ in range(BATCH_SIZE):
             debit, credit = rng.sample(ids, 2)
             ops.append({"op": "transfer", "debit_account_id": debit, "credit_account_id": credit, "amount": 1})
-        body: dict[str, Any] = {"mode": "independent", "operations": ops}
+        body: dict[str, Any] = {"mode": "independent", "operations": ops}  # answers failures only
         return ("POST", "/v1/batches", orjson.dumps(body), write)
 
     batches = await loadgen.run(bases, batch, concurrency=args.batch_concurrency, seconds=args.seconds, warmup=2.0)
