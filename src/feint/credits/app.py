@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from feint.credits import views
 from feint.credits.cache import BalanceCache
 from feint.credits.config import CreditsSettings, load_credits_settings
+from feint.credits.hot import HotRoutes
 from feint.credits.service import EXTRAS_KEY, Credits
 from feint.platform.runtime import Platform
 from feint.platform.web import create_app
@@ -38,4 +39,5 @@ def create(
         description=DESCRIPTION,
         on_startup=[start],
         on_shutdown=[stop],
+        inner=[HotRoutes],
     )

@@ -282,6 +282,11 @@ class BatchIn(_In):
     )
     mode: BatchMode = BatchMode.ATOMIC
     operations: list[BatchOperation] = Field(min_length=1, max_length=BATCH_OPERATIONS_MAX)
+    results: Literal["failures", "all"] = Field(
+        "failures",
+        description="`failures` (default, TigerBeetle's convention): `results` lists only the operations "
+        "that failed; `all`: one entry per operation, in order.",
+    )
 
     def to_domain(self, tenant_id: UUID) -> list[Operation]:
         return [op.to_domain(tenant_id) for op in self.operations]
@@ -420,7 +425,11 @@ class BatchResult(BaseModel):
 
 class BatchOut(BaseModel):
     mode: str
-    results: list[BatchResult]
+    operations: int = Field(description="Operations in the request.")
+    failed: int = Field(description="Operations that failed (an atomic batch that fails answers with an error).")
+    results: list[BatchResult] = Field(
+        description="Per operation, by `index`: only the failed ones unless the request asked `results: all`."
+    )
 
 
 class PaymentMethodOut(BaseModel):

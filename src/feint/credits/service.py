@@ -165,15 +165,21 @@ def _render_one(results: Results, book: Book) -> Rendered:
     return Rendered(_status(applied), schemas.dumps(_render_value(applied.value)))
 
 
-def _render_batch(mode: BatchMode) -> Any:
+def _render_batch(mode: BatchMode, *, everything: bool) -> Any:
+    """The batch answer: every result, or (the default) only the failures, each with its index."""
+
     def render(results: Results, book: Book) -> Rendered:
         items = []
+        failed = 0
         for index, result in enumerate(results):
             if isinstance(result, Applied):
-                items.append({"index": index, "status": _status(result), "result": _render_value(result.value)})
+                if everything:
+                    items.append({"index": index, "status": _status(result), "result": _render_value(result.value)})
             else:
+                failed += 1
                 items.append({"index": index, "status": result.status, "error": schemas.problem_body(result)})
-        return Rendered(200, schemas.dumps({"mode": mode.value, "results": items}))
+        body = {"mode": mode.value, "operations": len(results), "failed": failed, "results": items}
+        return Rendered(200, schemas.dumps(body))
 
     return render
 
@@ -270,14 +276,20 @@ class Credits:
         return _reply(await self.submit(job))
 
     async def batch(
-        self, ops: Sequence[Operation], *, tenant_id: UUID, mode: BatchMode, idempotency: Idempotency | None
+        self,
+        ops: Sequence[Operation],
+        *,
+        tenant_id: UUID,
+        mode: BatchMode,
+        idempotency: Idempotency | None,
+        everything: bool = False,
     ) -> Reply:
         book_rules.validate_batch(ops, tenant_id=tenant_id)
         job = Job(
             tenant_id=tenant_id,
             operations=list(ops),
             mode=mode,
-            render=_render_batch(mode),
+            render=_render_batch(mode, everything=everything),
             idempotency=idempotency,
             batch=True,
         )

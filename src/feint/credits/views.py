@@ -182,14 +182,19 @@ async def void_hold(id: UUID, request: Request, ctx: Writer, service: Service) -
     "/batches",
     response_model=schemas.BatchOut,
     responses=_ERRORS,
-    summary="Up to 8,190 operations: atomic (all or nothing) or independent (a result each).",
+    summary="Up to 8,190 operations: atomic (all or nothing) or independent; the answer lists the failures "
+    "(every result with `results: all`).",
 )
 async def create_batch(body: schemas.BatchIn, request: Request, ctx: Writer, service: Service) -> Response:
     if body.grants and not ctx.principal.is_operator:
         raise Forbidden("grant operations need an operator key")
     tenant_id = _tenant(ctx)
     reply = await service.batch(
-        body.to_domain(tenant_id), tenant_id=tenant_id, mode=body.mode, idempotency=_idempotency(ctx, request, body)
+        body.to_domain(tenant_id),
+        tenant_id=tenant_id,
+        mode=body.mode,
+        idempotency=_idempotency(ctx, request, body),
+        everything=body.results == "all",
     )
     return _answer(reply)
 

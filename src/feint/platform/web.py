@@ -104,12 +104,17 @@ def _request_id(request: Request) -> str | None:
     return str(value) if value is not None else None
 
 
+def error_response(exc: FeintError, *, request_id: str | None, instance: str | None) -> Response:
+    """A route's FeintError as problem+json, logged when it is the server's fault (5xx)."""
+    if exc.status >= 500:
+        log.error("request_failed", error=exc.slug, detail=exc.detail)
+    return problem(exc, request_id=request_id, instance=instance)
+
+
 async def _feint_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, FeintError):  # pragma: no cover - registered for FeintError only
         raise exc
-    if exc.status >= 500:
-        log.error("request_failed", error=exc.slug, detail=exc.detail)
-    return problem(exc, request_id=_request_id(request), instance=request.url.path)
+    return error_response(exc, request_id=_request_id(request), instance=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -257,14 +262,17 @@ class PlatformMiddleware:
 
     async def _limit_ip(self, scope: Scope, state: dict[str, Any]) -> None:
         client = scope.get("client") or ("unknown", 0)
-        decision = await self.platform.limiter.acquire(
-            f"ip:{client[0]}",
-            rate=self.settings.rate_limit_per_second,
-            burst=self.settings.rate_limit_burst,
-        )
-        state["rate"] = decision
-        if not decision.allowed:
-            raise RateLimited("too many requests from this address", retry_after_seconds=decision.retry_after_seconds)
+        await rate_limit(self.platform, f"ip:{client[0]}", state=state, refusal="too many requests from this address")
+
+
+async def rate_limit(platform: Platform, key: str, *, state: dict[str, Any], refusal: str) -> None:
+    """Take a token of ``key``'s bucket (the decision feeds the RateLimit-* headers); 429 when empty."""
+    decision = await platform.limiter.acquire(
+        key, rate=platform.settings.rate_limit_per_second, burst=platform.settings.rate_limit_burst
+    )
+    state["rate"] = decision
+    if not decision.allowed:
+        raise RateLimited(refusal, retry_after_seconds=decision.retry_after_seconds)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -336,6 +344,62 @@ class RequestContext:
 _bearer = HTTPBearer(auto_error=False, description="An API key from `feint keys create`.")
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` (None when absent or another scheme), as HTTPBearer reads it."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if not scheme or not token or scheme.lower() != "bearer":
+        return None
+    return token
+
+
+async def authenticate(
+    platform: Platform,
+    *,
+    token: str | None,
+    required: KeyScope,
+    path: str,
+    tenant_name: str | None,
+    idempotency_key: str | None,
+    state: dict[str, Any],
+) -> RequestContext:
+    """Authenticate a bearer key, apply its rate limit, check ``required``, resolve the tenant.
+
+    The one implementation behind `scope` (FastAPI routes) and hand-dispatched hot routes; sets
+    ``state["rate"]`` for the RateLimit-* headers. Raises 401, 403, 404 (unknown tenant), 422, 429."""
+    if token is None:
+        security_log.warning("auth_failed", reason="missing", path=path)
+        raise Unauthenticated("missing bearer API key (Authorization: Bearer <key>)")
+    principal = await platform.keys.resolve(token)
+    if principal is None:
+        security_log.warning("auth_failed", reason="invalid-or-revoked", path=path)
+        raise Unauthenticated("API key is invalid or revoked")
+    await rate_limit(platform, f"key:{principal.key_id}", state=state, refusal="rate limit of this API key exceeded")
+    if not principal.allows(required):
+        security_log.warning(
+            "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, path=path
+        )
+        raise Forbidden(f"this key has scope '{principal.scope}'; the route needs '{required}'")
+    tenant_id = principal.tenant_id
+    if principal.is_operator and tenant_name:
+        tenant_id = await platform.keys.tenant_id(tenant_name)
+        if tenant_id is None:
+            raise NotFound(f"no tenant {tenant_name[:64]!r}")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_LENGTH_MAX:
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 characters",
+            errors=[{"field": "header.Idempotency-Key", "problem": "length 1-255"}],
+        )
+    return RequestContext(
+        platform=platform,
+        principal=principal,
+        tenant_id=tenant_id,
+        request_id=str(state["request_id"]),
+        idempotency_key=idempotency_key,
+    )
+
+
 def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
     """A dependency that authenticates the caller and checks ``required``; 401 or 403 otherwise.
 
@@ -344,45 +408,15 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
     async def dependency(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> RequestContext:
-        platform: Platform = request.app.state.platform
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            security_log.warning("auth_failed", reason="missing", path=request.url.path)
-            raise Unauthenticated("missing bearer API key (Authorization: Bearer <key>)")
-        principal = await platform.keys.resolve(credentials.credentials)
-        if principal is None:
-            security_log.warning("auth_failed", reason="invalid-or-revoked", path=request.url.path)
-            raise Unauthenticated("API key is invalid or revoked")
-        decision = await platform.limiter.acquire(
-            f"key:{principal.key_id}",
-            rate=platform.settings.rate_limit_per_second,
-            burst=platform.settings.rate_limit_burst,
-        )
-        request.scope["state"]["rate"] = decision
-        if not decision.allowed:
-            raise RateLimited("rate limit of this API key exceeded", retry_after_seconds=decision.retry_after_seconds)
-        if not principal.allows(required):
-            security_log.warning(
-                "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, path=request.url.path
-            )
-            raise Forbidden(f"this key has scope '{principal.scope}'; the route needs '{required}'")
-        tenant_id = principal.tenant_id
-        tenant_name = request.headers.get(TENANT_HEADER)
-        if principal.is_operator and tenant_name:
-            tenant_id = await platform.keys.tenant_id(tenant_name)
-            if tenant_id is None:
-                raise NotFound(f"no tenant {tenant_name[:64]!r}")
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_LENGTH_MAX:
-            raise ValidationFailed(
-                "Idempotency-Key must be 1-255 characters",
-                errors=[{"field": "header.Idempotency-Key", "problem": "length 1-255"}],
-            )
-        return RequestContext(
-            platform=platform,
-            principal=principal,
-            tenant_id=tenant_id,
-            request_id=str(request.scope["state"]["request_id"]),
-            idempotency_key=idempotency_key,
+        token = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
+        return await authenticate(
+            request.app.state.platform,
+            token=token,
+            required=required,
+            path=request.url.path,
+            tenant_name=request.headers.get(TENANT_HEADER),
+            idempotency_key=request.headers.get("idempotency-key"),
+            state=request.scope["state"],
         )
 
     return dependency
@@ -441,8 +475,12 @@ def create_app(
     description: str = "",
     on_startup: Sequence[Callable[[Platform], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[Platform], Awaitable[None]]] = (),
+    inner: Sequence[type[Any]] = (),
 ) -> FastAPI:
-    """A service app with the shared plumbing; ``routers`` carry the domain routes."""
+    """A service app with the shared plumbing; ``routers`` carry the domain routes.
+
+    ``inner``: ASGI layers (constructed as ``cls(app, platform=platform)``) placed inside the
+    platform middleware, in front of the router: hand-dispatched hot routes (`feint.credits.hot`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -472,5 +510,7 @@ def create_app(
     app.include_router(_probes(service))
     for router in routers:
         app.include_router(router)
+    for layer in reversed(inner):
+        app.add_middleware(layer, platform=platform)
     app.add_middleware(PlatformMiddleware, service=service, platform=platform)
     return app

@@ -110,7 +110,7 @@ async def test_atomic_batch_all_or_nothing(ledger: Ledger) -> None:
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
     hold = (await place(ledger, a["id"], b["id"], 4)).json()["id"]
-    ok = await ledger.client.post("/v1/batches", json={"mode": "atomic", "operations": [
+    ok = await ledger.client.post("/v1/batches", json={"mode": "atomic", "results": "all", "operations": [
         transfer_op(a["id"], b["id"], 1),
         {"op": "hold", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 2, "timeout_seconds": 9},
         {"op": "capture", "hold_id": hold, "amount": 3},
@@ -130,7 +130,7 @@ async def test_independent_batch_answers_each_operation(ledger: Ledger) -> None:
     """Independent mode applies what it can and answers a result or a problem per operation."""
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
-    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "operations": [
+    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "results": "all", "operations": [
         transfer_op(a["id"], b["id"], 4), transfer_op(a["id"], b["id"], 40), transfer_op(a["id"], new_id(), 1),
         {"op": "void", "hold_id": new_id()}, transfer_op(a["id"], b["id"], 4),
     ]}, headers=ledger.write)
@@ -139,6 +139,22 @@ async def test_independent_batch_answers_each_operation(ledger: Ledger) -> None:
     assert [x["status"] for x in results] == [201, 409, 404, 404, 201]
     assert results[1]["error"]["available"] == 6
     assert (await ledger.balance(a["id"]))["posted"] == 2
+
+
+async def test_batch_answers_only_failures_by_default(ledger: Ledger) -> None:
+    """Without `results: all` the answer counts the operations and lists only the failed ones, by index."""
+    a, b = await ledger.account(), await ledger.account()
+    await ledger.grant(a["id"], 10)
+    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "operations": [
+        transfer_op(a["id"], b["id"], 4), transfer_op(a["id"], b["id"], 40), transfer_op(a["id"], b["id"], 4),
+    ]}, headers=ledger.write)
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["mode"], body["operations"], body["failed"]) == ("independent", 3, 1)
+    assert [(x["index"], x["status"], x["error"]["type"]) for x in body["results"]] == [
+        (1, 409, "/problems/insufficient-funds")
+    ]
+    assert (await ledger.balance(b["id"]))["posted"] == 8
 
 
 async def test_batch_limits_and_grant_scope(ledger: Ledger) -> None:
@@ -152,7 +168,7 @@ async def test_batch_limits_and_grant_scope(ledger: Ledger) -> None:
     ops = [transfer_op(a["id"], b["id"], 1)] * BATCH_OPERATIONS_MAX
     full = await ledger.client.post("/v1/batches", json={"mode": "atomic", "operations": ops}, headers=ledger.write)
     assert full.status_code == 200
-    assert len(full.json()["results"]) == BATCH_OPERATIONS_MAX
+    assert (full.json()["operations"], full.json()["failed"], full.json()["results"]) == (BATCH_OPERATIONS_MAX, 0, [])
     assert (await ledger.balance(b["id"]))["posted"] == BATCH_OPERATIONS_MAX
     too_many = await ledger.client.post("/v1/batches", json={"operations": [*ops, ops[0]]}, headers=ledger.write)
     assert (too_many.status_code, too_many.json()["errors"][0]["field"]) == (422, "body.operations")

@@ -227,7 +227,7 @@ class Ledger(RuleBasedStateMachine):
         mode = BatchMode.ATOMIC if atomic else BatchMode.INDEPENDENT
         try:
             reply = orjson.loads(self.run(self.service.batch(ops, tenant_id=self.tenant, mode=mode,
-                                                             idempotency=None)).body)
+                                                             idempotency=None, everything=True)).body)
         except FeintError as exc:
             failed: FeintError | None = exc
         else:
