@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint bench format clean
+.PHONY: install install-dev up test lint security bench format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -39,6 +39,10 @@ lint: install-dev
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy --strict src/feint
+
+## security: bandit static analysis of src/ (fails on any finding not skipped with a reason in pyproject.toml)
+security: install-dev
+	$(BIN)/bandit -q -c pyproject.toml -r src/feint
 
 format: install-dev
 	$(BIN)/ruff format src tests $(wildcard bench)
