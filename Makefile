@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint security bench format clean
+.PHONY: install install-dev up test lint security bench load format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -52,6 +52,16 @@ format: install-dev
 bench: install-dev
 	@for script in bench/*/run.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+## load: the platform under a realistic mix with locust (search for the highest sustainable rate, then a soak)
+LOADSTAMP := .venv-load/.installed
+$(LOADSTAMP): bench/load/requirements.txt
+	$(PYTHON) -m venv .venv-load
+	.venv-load/bin/python -m pip install --quiet -r bench/load/requirements.txt
+	@touch $@
+
+load: install $(LOADSTAMP)
+	$(BIN)/python bench/load/load.py $(LOAD_ARGS)
+
 ## lock: re-resolve the pinned dependencies (needs the network)
 lock:
 	rm -rf /tmp/feint-lock && $(PYTHON) -m venv /tmp/feint-lock
@@ -59,4 +69,4 @@ lock:
 	/tmp/feint-lock/bin/pip freeze --exclude-editable > requirements.lock
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* htmlcov .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-load load-report .coverage .coverage.* htmlcov .pytest_cache .mypy_cache .ruff_cache
