@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint security bench load format clean
+.PHONY: install install-dev up test lint security bench load chaos format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -61,6 +61,10 @@ $(LOADSTAMP): bench/load/requirements.txt
 
 load: install $(LOADSTAMP)
 	$(BIN)/python bench/load/load.py $(LOAD_ARGS)
+
+## chaos: faults under load (kill -9, PostgreSQL and Redis restarts, a slow lossy database link, a full backup disk); root
+chaos: install
+	$(BIN)/python bench/chaos/chaos.py $(CHAOS_ARGS)
 
 ## lock: re-resolve the pinned dependencies (needs the network)
 lock:
