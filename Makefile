@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint bench format clean deploy-tools deploy-check dr-drill
+.PHONY: install install-dev up test lint security bench load chaos format clean deploy-tools deploy-check dr-drill
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -40,6 +40,10 @@ lint: install-dev
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy --strict src/feint
 
+## security: bandit static analysis of src/ (fails on any finding not skipped with a reason in pyproject.toml)
+security: install-dev
+	$(BIN)/bandit -q -c pyproject.toml -r src/feint
+
 format: install-dev
 	$(BIN)/ruff format src tests $(wildcard bench)
 	$(BIN)/ruff check --fix src tests $(wildcard bench)
@@ -66,6 +70,19 @@ deploy-check: install-dev deploy-tools
 ## (FEINT_DATABASE_URL or embedded PostgreSQL; FEINT_BACKUP_URL or a SeaweedFS started for the drill)
 dr-drill: install-dev
 	$(BIN)/feint backup drill
+## load: the platform under a realistic mix with locust (search for the highest sustainable rate, then a soak)
+LOADSTAMP := .venv-load/.installed
+$(LOADSTAMP): bench/load/requirements.txt
+	$(PYTHON) -m venv .venv-load
+	.venv-load/bin/python -m pip install --quiet -r bench/load/requirements.txt
+	@touch $@
+
+load: install $(LOADSTAMP)
+	$(BIN)/python bench/load/load.py $(LOAD_ARGS)
+
+## chaos: faults under load (kill -9, PostgreSQL and Redis restarts, a slow lossy database link, a full backup disk); root
+chaos: install
+	$(BIN)/python bench/chaos/chaos.py $(CHAOS_ARGS)
 
 ## lock: re-resolve the pinned dependencies (needs the network)
 lock:
@@ -74,4 +91,4 @@ lock:
 	/tmp/feint-lock/bin/pip freeze --exclude-editable > requirements.lock
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* htmlcov .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-load load-report .coverage .coverage.* htmlcov .pytest_cache .mypy_cache .ruff_cache

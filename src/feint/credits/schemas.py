@@ -64,20 +64,40 @@ OTHER_ID = "6f9c2d14-8b3e-4a51-b7c0-1d2e3f4a5b6c"
 HOLD_ID = "2a4b6c8d-1e3f-4a5b-8c7d-9e0f1a2b3c4d"
 
 
-def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    def walk(node: Any, depth: int) -> None:
-        if depth > METADATA_DEPTH_MAX:
-            raise ValueError(f"nested deeper than {METADATA_DEPTH_MAX} levels")
-        if isinstance(node, dict):
-            for item in node.values():
-                walk(item, depth + 1)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item, depth + 1)
-        elif isinstance(node, float) and not math.isfinite(node):
-            raise ValueError("numbers must be finite")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-    walk(value, 1)
+
+def _check_text(text: str, where: str) -> None:
+    # Lone UTF-16 surrogates cannot be encoded as UTF-8, and PostgreSQL's jsonb refuses NUL.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: text with a lone surrogate (not valid Unicode)") from None
+    if "\x00" in text:
+        raise ValueError(f"{where}: text with a NUL character")
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    def walk(node: Any, depth: int, where: str) -> None:
+        if depth > METADATA_DEPTH_MAX:
+            raise ValueError(f"{where}: nested deeper than {METADATA_DEPTH_MAX} levels")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                _check_text(key, f"{where} key {key!r}"[:200])
+                walk(item, depth + 1, f"{where}.{key}"[:200])
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, depth + 1, f"{where}[{index}]"[:200])
+        elif isinstance(node, bool) or node is None:
+            return
+        elif isinstance(node, int) and not INT64_MIN <= node <= INT64_MAX:
+            raise ValueError(f"{where}: integer outside the signed 64-bit range")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"{where}: numbers must be finite")
+        elif isinstance(node, str):
+            _check_text(node, where)
+
+    walk(value, 1, "metadata")
     if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
         raise ValueError(f"larger than {METADATA_BYTES_MAX} bytes as JSON")
     return value

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+import psycopg.sql
 
 from feint.errors import FeintError
 from feint.platform.db import connect_sync
@@ -63,6 +64,10 @@ def available() -> list[Migration]:
 
 
 def _ensure_table(conn: psycopg.Connection[dict[str, object]]) -> None:
+    # Checked first: CREATE … IF NOT EXISTS still needs the right to create in the schema.
+    exists = conn.execute("SELECT to_regclass('feint_migrations') AS t").fetchone()
+    if exists is not None and exists["t"] is not None:
+        return
     conn.execute(
         """CREATE TABLE IF NOT EXISTS feint_migrations (
                version    integer PRIMARY KEY,
@@ -70,6 +75,23 @@ def _ensure_table(conn: psycopg.Connection[dict[str, object]]) -> None:
                checksum   text NOT NULL,
                applied_at timestamptz NOT NULL DEFAULT now())"""
     )
+
+
+def pending(url: str, *, role: str | None = None) -> list[Migration]:
+    """The migrations not yet applied to the database at ``url``, read without any DDL right.
+
+    A service login with data rights only (``feint_service``, NOINHERIT) reads through ``role``
+    (``SET ROLE feint_app``), which may read the version table; so a service whose database is
+    current starts without the rights to migrate it, and says so when it is not.
+    """
+    with connect_sync(url) as conn:
+        if role:
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+        exists = conn.execute("SELECT to_regclass('feint_migrations') AS t").fetchone()
+        have: set[int] = set()
+        if exists is not None and exists["t"] is not None:
+            have = {int(str(r["version"])) for r in conn.execute("SELECT version FROM feint_migrations").fetchall()}
+    return [m for m in available() if m.version not in have]
 
 
 def applied(url: str) -> dict[int, str]:
@@ -90,6 +112,17 @@ def migrate(url: str, *, target: int | None = None) -> list[str]:
     if goal < 0 or goal > newest:
         raise MigrationError(f"target {goal} is outside 0..{newest}")
     done: list[str] = []
+    try:
+        _migrate(url, migrations, goal, done)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"this login cannot change the schema ({str(exc).strip().splitlines()[0]}); run `feint migrate` "
+            "with the owner's URL in FEINT_MIGRATION_DATABASE_URL"
+        ) from exc
+    return done
+
+
+def _migrate(url: str, migrations: list[Migration], goal: int, done: list[str]) -> None:
     with connect_sync(url) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
@@ -112,7 +145,6 @@ def migrate(url: str, *, target: int | None = None) -> list[str]:
                     done.append(f"down {m.version:04d}_{m.name}")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
-    return done
 
 
 def _run(conn: psycopg.Connection[dict[str, object]], m: Migration, text: str, *, insert: bool) -> None:

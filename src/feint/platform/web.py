@@ -22,6 +22,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,6 +43,7 @@ from feint.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from feint.platform import openapi
 from feint.platform.cache import RateDecision
 from feint.platform.keys import Principal, security_log
 from feint.platform.keys import Scope as KeyScope
@@ -137,14 +139,30 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif status == 404:
         feint_exc = NotFound(f"no route {request.method} {request.url.path}")
     elif status == 405:
-        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
         feint_exc = MethodNotAllowed(
-            f"{request.method} is not allowed on {request.url.path}",
-            allow=[m.strip() for m in allow.split(",") if m.strip()],
+            f"{request.method} is not allowed on {request.url.path}", allow=_allowed_methods(request)
         )
     else:
         feint_exc = BadRequest(str(getattr(exc, "detail", "bad request")))
     return problem(feint_exc, request_id=_request_id(request), instance=request.url.path)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document gives this path (Starlette's 405 names one route's only)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            parts = re.split(r"\{[^/{}]+\}", template)
+            pattern = re.compile("^" + "[^/]+".join(re.escape(part) for part in parts) + "$")
+            methods = sorted(m.upper() for m in operations if m in openapi.HTTP_METHODS)
+            table.append((pattern, methods))
+        app.state.allowed_methods = table
+    for pattern, methods in table:
+        if pattern.match(request.url.path):
+            return methods
+    return []
 
 
 # --- middleware ---------------------------------------------------------------------------
@@ -504,6 +522,15 @@ def create_app(
     )
     app.state.platform = platform
     app.state.service = service
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi.with_problems(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
     app.add_exception_handler(FeintError, _feint_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

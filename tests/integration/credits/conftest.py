@@ -35,8 +35,9 @@ class Ledger:
         return dict(r.json())
 
     async def grant(self, account_id: str, amount: int, **fields: Any) -> dict[str, Any]:
-        r = await self.client.post("/v1/grants", json={"account_id": account_id, "amount": amount, **fields},
-                                   headers=self.operator)
+        r = await self.client.post(
+            "/v1/grants", json={"account_id": account_id, "amount": amount, **fields}, headers=self.operator
+        )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -47,8 +48,11 @@ class Ledger:
 
     async def transfer(self, debit: str, credit: str, amount: int, **extra: Any) -> httpx.Response:
         headers = {**self.write, **extra.pop("headers", {})}
-        return await self.client.post("/v1/transfers", json={"debit_account_id": debit, "credit_account_id": credit,
-                                                              "amount": amount, **extra}, headers=headers)
+        return await self.client.post(
+            "/v1/transfers",
+            json={"debit_account_id": debit, "credit_account_id": credit, "amount": amount, **extra},
+            headers=headers,
+        )
 
 
 def bearer(key: str, **extra: str) -> dict[str, str]:
@@ -63,7 +67,10 @@ def credits_settings() -> CreditsSettings:
 
 @pytest.fixture
 def ledger_factory(
-    clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str], credits_settings: CreditsSettings
+    clean_db: str,
+    make_settings: Callable[..., Settings],
+    api_key: Callable[..., str],
+    credits_settings: CreditsSettings,
 ) -> Callable[..., Any]:
     def factory(settings: CreditsSettings | None = None, **platform_overrides: Any) -> Any:
         import contextlib

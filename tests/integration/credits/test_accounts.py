@@ -15,8 +15,9 @@ pytestmark = pytest.mark.integration
 
 async def test_create_account_answers_with_its_id_and_opens_system_accounts(ledger: Ledger) -> None:
     """POST /v1/accounts answers 201 with the account; its code's system accounts exist after."""
-    r = await ledger.client.post("/v1/accounts", json={"code": "api-calls", "metadata": {"customer": "c-1"}},
-                                 headers=ledger.write)
+    r = await ledger.client.post(
+        "/v1/accounts", json={"code": "api-calls", "metadata": {"customer": "c-1"}}, headers=ledger.write
+    )
     assert r.status_code == 201
     body = r.json()
     assert uuid.UUID(body["id"])
@@ -39,8 +40,9 @@ async def test_client_chosen_account_id_is_idempotent(ledger: Ledger) -> None:
     assert clash.status_code == 409
     assert clash.json()["type"] == "/problems/exists-with-different-fields"
     assert clash.json()["fields"] == ["code"]
-    reserved = await ledger.client.post("/v1/accounts", json={"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "x")),
-                                                              "code": "api-calls"}, headers=ledger.write)
+    reserved = await ledger.client.post(
+        "/v1/accounts", json={"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "x")), "code": "api-calls"}, headers=ledger.write
+    )
     assert reserved.status_code == 422
     assert reserved.json()["errors"][0]["field"] == "id"
 
@@ -125,26 +127,45 @@ async def test_entries_running_balance_cursor_and_as_of(ledger: Ledger) -> None:
             break
     assert [(e["amount"], e["balance"]) for e in seen] == [(-30, 40), (-20, 70), (-10, 90), (100, 100)]
     assert seen[0]["counterparty_account_id"] == b["id"]
-    past = (await ledger.client.get(f"/v1/accounts/{a['id']}/entries", params={"as_of": middle.isoformat()},
-                                    headers=ledger.read)).json()
+    past = (
+        await ledger.client.get(
+            f"/v1/accounts/{a['id']}/entries", params={"as_of": middle.isoformat()}, headers=ledger.read
+        )
+    ).json()
     assert past["balance"] == 100
     assert [e["kind"] for e in past["entries"]] == ["grant"]
-    before = (await ledger.client.get(f"/v1/accounts/{a['id']}/entries",
-                                      params={"as_of": "2000-01-01T00:00:00Z"}, headers=ledger.read)).json()
+    before = (
+        await ledger.client.get(
+            f"/v1/accounts/{a['id']}/entries", params={"as_of": "2000-01-01T00:00:00Z"}, headers=ledger.read
+        )
+    ).json()
     assert (before["balance"], before["entries"]) == (0, [])
     now = (await ledger.client.get(f"/v1/accounts/{b['id']}/entries", headers=ledger.read)).json()
     assert now["balance"] == 60
-    assert (await ledger.client.get(f"/v1/accounts/{a['id']}/entries", params={"cursor": "bm9wZQ"},
-                                    headers=ledger.read)).status_code == 422
+    assert (
+        await ledger.client.get(f"/v1/accounts/{a['id']}/entries", params={"cursor": "bm9wZQ"}, headers=ledger.read)
+    ).status_code == 422
 
 
 async def test_openapi_documents_every_route_with_examples(ledger: Ledger) -> None:
     """The OpenAPI lists every credits route and the request bodies carry examples."""
     spec = (await ledger.client.get("/openapi.json")).json()
     paths = spec["paths"]
-    for path in ("/v1/accounts", "/v1/accounts/{id}", "/v1/accounts/{id}/entries", "/v1/grants", "/v1/transfers",
-                 "/v1/holds", "/v1/holds/{id}", "/v1/holds/{id}/capture", "/v1/holds/{id}/void", "/v1/batches",
-                 "/v1/audit/verify", "/v1/payment-methods", "/v1/payment-methods/{id}"):
+    for path in (
+        "/v1/accounts",
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/entries",
+        "/v1/grants",
+        "/v1/transfers",
+        "/v1/holds",
+        "/v1/holds/{id}",
+        "/v1/holds/{id}/capture",
+        "/v1/holds/{id}/void",
+        "/v1/batches",
+        "/v1/audit/verify",
+        "/v1/payment-methods",
+        "/v1/payment-methods/{id}",
+    ):
         assert path in paths, path
     schemas = spec["components"]["schemas"]
     for name in ("TransferIn", "HoldIn", "GrantIn", "AccountIn", "BatchIn", "PaymentMethodIn"):

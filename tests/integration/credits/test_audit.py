@@ -58,8 +58,13 @@ def test_audit_and_transfers_are_append_only(clean_db: str) -> None:
         with conn.transaction():
             conn.execute("SET LOCAL ROLE feint_app")
             for table in ("credit_audit", "credit_transfers"):
-                for statement in (f"UPDATE {table} SET amount = 0 WHERE false" if table == "credit_transfers" else f"UPDATE {table} SET seq = 0 WHERE false", f"DELETE FROM {table} WHERE false",
-                                  f"TRUNCATE {table}"):
+                for statement in (
+                    f"UPDATE {table} SET amount = 0 WHERE false"
+                    if table == "credit_transfers"
+                    else f"UPDATE {table} SET seq = 0 WHERE false",
+                    f"DELETE FROM {table} WHERE false",
+                    f"TRUNCATE {table}",
+                ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
                         conn.execute(statement)
 
@@ -72,27 +77,39 @@ def _insert_one_and(conn: psycopg.Connection[tuple[object, ...]], table: str, st
 def _insert_one(conn: psycopg.Connection[tuple[object, ...]], table: str) -> None:
     tenant = uuid.uuid4()
     if table == "credit_audit":
-        conn.execute("INSERT INTO credit_audit (tenant_id, seq, batch_id, hash, body, operations) "
-                     "VALUES (%s, 1, %s, %s, '\\x', '\\x')", (tenant, uuid.uuid4(), b"\x00" * 32))
+        conn.execute(
+            "INSERT INTO credit_audit (tenant_id, seq, batch_id, hash, body, operations) "
+            "VALUES (%s, 1, %s, %s, '\\x', '\\x')",
+            (tenant, uuid.uuid4(), b"\x00" * 32),
+        )
     else:
-        conn.execute("INSERT INTO credit_transfers (tenant_id, id, kind, debit_account_id, credit_account_id, amount, "
-                     "debit_balance, credit_balance, metadata, posted_at, batch_id) VALUES "
-                     "(%s, %s, 'transfer', %s, %s, 1, 0, 0, '\\x', now(), %s)",
-                     (tenant, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()))
+        conn.execute(
+            "INSERT INTO credit_transfers (tenant_id, id, kind, debit_account_id, credit_account_id, amount, "
+            "debit_balance, credit_balance, metadata, posted_at, batch_id) VALUES "
+            "(%s, %s, 'transfer', %s, %s, 1, 0, 0, '\\x', now(), %s)",
+            (tenant, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()),
+        )
 
 
 async def test_edited_operation_is_named(ledger: Ledger, clean_db: str) -> None:
     """A superuser who edits an operation inside a past entry is caught at that entry."""
     await activity(ledger)
     with psycopg.connect(clean_db) as conn:
-        row = conn.execute("SELECT seq, operations FROM credit_audit a JOIN tenants t ON t.id = a.tenant_id "
-                           "WHERE t.name = 'acme' ORDER BY seq LIMIT 1 OFFSET 3").fetchone()
+        row = conn.execute(
+            "SELECT seq, operations FROM credit_audit a JOIN tenants t ON t.id = a.tenant_id "
+            "WHERE t.name = 'acme' ORDER BY seq LIMIT 1 OFFSET 3"
+        ).fetchone()
     assert row is not None
     seq, operations = row
     records = orjson.loads(operations)
     records[0]["amount"] = records[0].get("amount", 0) + 1000
-    tamper(clean_db, "UPDATE credit_audit SET operations = %s WHERE seq = %s AND "
-                     "tenant_id = (SELECT id FROM tenants WHERE name = 'acme')", canonical(records), seq)
+    tamper(
+        clean_db,
+        "UPDATE credit_audit SET operations = %s WHERE seq = %s AND "
+        "tenant_id = (SELECT id FROM tenants WHERE name = 'acme')",
+        canonical(records),
+        seq,
+    )
     report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
     assert not report["ok"]
     assert report["first_broken"]["seq"] == seq
@@ -125,10 +142,15 @@ async def test_ledger_problems_beside_the_chain(ledger: Ledger, clean_db: str) -
     """An unbalanced tenant, a forged transfer and a moved head are reported as problems."""
     a, b = await activity(ledger)
     tamper(clean_db, "UPDATE credit_accounts SET posted = posted + 1 WHERE id = %s", uuid.UUID(a))
-    tamper(clean_db, "INSERT INTO credit_transfers (tenant_id, id, kind, debit_account_id, credit_account_id, amount, "
-                     "debit_balance, credit_balance, metadata, posted_at, batch_id) SELECT tenant_id, gen_random_uuid(), "
-                     "'transfer', %s, %s, 1, 0, 0, '\\x7b7d', now(), gen_random_uuid() FROM credit_accounts WHERE id = %s",
-           uuid.UUID(a), uuid.UUID(b), uuid.UUID(a))
+    tamper(
+        clean_db,
+        "INSERT INTO credit_transfers (tenant_id, id, kind, debit_account_id, credit_account_id, amount, "
+        "debit_balance, credit_balance, metadata, posted_at, batch_id) SELECT tenant_id, gen_random_uuid(), "
+        "'transfer', %s, %s, 1, 0, 0, '\\x7b7d', now(), gen_random_uuid() FROM credit_accounts WHERE id = %s",
+        uuid.UUID(a),
+        uuid.UUID(b),
+        uuid.UUID(a),
+    )
     tamper(clean_db, "UPDATE credit_audit_heads SET seq = seq + 1")
     report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
     assert not report["ok"] and report["first_broken"] is None

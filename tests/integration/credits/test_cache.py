@@ -28,14 +28,19 @@ def metric(name: str, **labels: str) -> float:
 @pytest.fixture
 def redis_cache(redis_url: str, redis_prefix: str) -> Callable[..., RedisBalanceCache]:
     def make(*, url: str = redis_url, breaker: CircuitBreaker | None = None) -> RedisBalanceCache:
-        return RedisBalanceCache(url, prefix=redis_prefix + uuid.uuid4().hex[:6] + ":", ttl_seconds=30,
-                                 breaker=breaker or CircuitBreaker("redis-test"))
+        return RedisBalanceCache(
+            url,
+            prefix=redis_prefix + uuid.uuid4().hex[:6] + ":",
+            ttl_seconds=30,
+            breaker=breaker or CircuitBreaker("redis-test"),
+        )
 
     return make
 
 
-async def test_reads_see_every_commit_and_hit_the_cache(ledger_factory: Callable[..., Any], redis_url: str,
-                                                        redis_prefix: str) -> None:
+async def test_reads_see_every_commit_and_hit_the_cache(
+    ledger_factory: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
     """With Redis, a read after a write shows the write; repeated reads are hits."""
     settings = CreditsSettings(sweeper_interval_seconds=0, cache="auto")
     async with ledger_factory(settings, redis_url=redis_url, redis_key_prefix=redis_prefix + "http:") as ledger:
@@ -55,8 +60,9 @@ async def test_reads_see_every_commit_and_hit_the_cache(ledger_factory: Callable
         assert foreign.status_code == 404  # the cache is keyed by tenant too
 
 
-async def test_cached_balance_is_not_served_past_a_grant_expiry(ledger_factory: Callable[..., Any], redis_url: str,
-                                                                redis_prefix: str) -> None:
+async def test_cached_balance_is_not_served_past_a_grant_expiry(
+    ledger_factory: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
     """An entry carries the next instant its balance changes by itself and is not used past it."""
     settings = CreditsSettings(sweeper_interval_seconds=0, cache="redis")
     async with ledger_factory(settings, redis_url=redis_url, redis_key_prefix=redis_prefix + "exp:") as ledger:
@@ -130,8 +136,12 @@ async def test_service_reads_from_the_database_while_redis_is_down(
     """With Redis unreachable, balances still answer (from the database)."""
     from feint.credits.cache import RedisBalanceCache as Cache
 
-    dead = Cache(f"redis://127.0.0.1:{free_port()}/0", prefix=redis_prefix, ttl_seconds=30,
-                 breaker=CircuitBreaker("redis-down", failures_max=2, open_seconds=60))
+    dead = Cache(
+        f"redis://127.0.0.1:{free_port()}/0",
+        prefix=redis_prefix,
+        ttl_seconds=30,
+        breaker=CircuitBreaker("redis-down", failures_max=2, open_seconds=60),
+    )
     async with ledger_factory() as ledger:
         service = service_of(ledger.platform)
         service.cache = dead
@@ -158,8 +168,9 @@ async def test_tombstones_invalidate_and_fills_replace_them(redis_cache: Callabl
     await cache.close()
 
 
-async def test_large_batches_invalidate_every_account(ledger_factory: Callable[..., Any], redis_url: str,
-                                                      redis_prefix: str) -> None:
+async def test_large_batches_invalidate_every_account(
+    ledger_factory: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
     """After a batch touching more accounts than are written through, every read is still fresh."""
     settings = CreditsSettings(sweeper_interval_seconds=0, cache="redis")
     async with ledger_factory(settings, redis_url=redis_url, redis_key_prefix=redis_prefix + "big:") as ledger:

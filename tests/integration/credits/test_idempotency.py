@@ -21,8 +21,11 @@ async def test_same_key_and_body_replays_and_applies_once(ledger: Ledger) -> Non
     key = {"idempotency-key": "order-1"}
     first = await ledger.transfer(a["id"], b["id"], 10, metadata={"x": 1, "y": 2}, headers=key)
     # the same JSON with keys in another order is the same request
-    again = await ledger.client.post("/v1/transfers", headers={**ledger.write, **key}, json={
-        "metadata": {"y": 2, "x": 1}, "amount": 10, "credit_account_id": b["id"], "debit_account_id": a["id"]})
+    again = await ledger.client.post(
+        "/v1/transfers",
+        headers={**ledger.write, **key},
+        json={"metadata": {"y": 2, "x": 1}, "amount": 10, "credit_account_id": b["id"], "debit_account_id": a["id"]},
+    )
     assert (first.status_code, again.status_code) == (201, 201)
     assert first.content == again.content
     assert "idempotent-replayed" not in first.headers
@@ -38,8 +41,11 @@ async def test_same_key_other_body_is_409(ledger: Ledger) -> None:
     assert (await ledger.transfer(a["id"], b["id"], 10, headers=key)).status_code == 201
     reused = await ledger.transfer(a["id"], b["id"], 11, headers=key)
     assert (reused.status_code, reused.json()["type"]) == (409, "/problems/idempotency-key-reused")
-    other_route = await ledger.client.post("/v1/holds", headers={**ledger.write, **key}, json={
-        "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 10, "timeout_seconds": 5})
+    other_route = await ledger.client.post(
+        "/v1/holds",
+        headers={**ledger.write, **key},
+        json={"debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 10, "timeout_seconds": 5},
+    )
     assert other_route.status_code == 409
     assert (await ledger.balance(a["id"]))["posted"] == 90
 
@@ -53,12 +59,19 @@ async def test_a_failure_is_replayed_too(ledger: Ledger) -> None:
     await ledger.grant(a["id"], 100)
     again = await ledger.transfer(a["id"], b["id"], 10, headers=key)
     assert (again.status_code, again.json()["type"], again.json()["available"]) == (
-        409, "/problems/insufficient-funds", 0)
+        409,
+        "/problems/insufficient-funds",
+        0,
+    )
     assert (await ledger.balance(a["id"]))["posted"] == 100
     batch_key = {"idempotency-key": "batch-1"}
-    ops = {"mode": "atomic", "operations": [
-        {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 60},
-        {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 60}]}
+    ops = {
+        "mode": "atomic",
+        "operations": [
+            {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 60},
+            {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 60},
+        ],
+    }
     failed = await ledger.client.post("/v1/batches", json=ops, headers={**ledger.write, **batch_key})
     replay = await ledger.client.post("/v1/batches", json=ops, headers={**ledger.write, **batch_key})
     assert failed.status_code == replay.status_code == 409
@@ -76,10 +89,19 @@ async def test_concurrent_retries_apply_once(ledger: Ledger) -> None:
     assert len({r.content for r in answers}) == 1
     assert (await ledger.balance(a["id"]))["posted"] == 93
     hold_key = {"idempotency-key": "burst-capture"}
-    hold = (await ledger.client.post("/v1/holds", headers=ledger.write, json={
-        "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 5, "timeout_seconds": 60})).json()
-    captures = await asyncio.gather(*(ledger.client.post(f"/v1/holds/{hold['id']}/capture",
-                                                         headers={**ledger.write, **hold_key}) for _ in range(10)))
+    hold = (
+        await ledger.client.post(
+            "/v1/holds",
+            headers=ledger.write,
+            json={"debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 5, "timeout_seconds": 60},
+        )
+    ).json()
+    captures = await asyncio.gather(
+        *(
+            ledger.client.post(f"/v1/holds/{hold['id']}/capture", headers={**ledger.write, **hold_key})
+            for _ in range(10)
+        )
+    )
     assert {r.status_code for r in captures} == {200}
     assert (await ledger.balance(a["id"]))["posted"] == 88
 

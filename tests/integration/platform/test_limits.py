@@ -43,7 +43,9 @@ async def test_shutdown_drains_in_flight(clean_db: str, make_settings: Callable[
     settings = make_settings(database_url=clean_db)
     platform = build(settings, database_url=clean_db)
     port = free_port()
-    server = uvicorn_server(create_app("t", platform=platform, routers=[_slow_router(0.5)]), settings=settings, port=port)
+    server = uvicorn_server(
+        create_app("t", platform=platform, routers=[_slow_router(0.5)]), settings=settings, port=port
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)

@@ -30,6 +30,10 @@ def _router() -> APIRouter:
     async def read(ctx: RequestContext = Depends(scope("read"))) -> dict[str, Any]:
         return {"tenant": ctx.principal.tenant_name, "scope": ctx.principal.scope}
 
+    @router.delete("/v1/read")
+    async def unread() -> dict[str, str]:
+        return {}
+
     @router.post("/v1/admin")
     async def admin(body: Thing, ctx: RequestContext = Depends(scope("admin"))) -> dict[str, Any]:
         return {"amount": body.amount}
@@ -69,6 +73,10 @@ async def test_problem_json_for_404_405_422_500(platform: Platform, api_key: Cal
         r405 = await client.delete("/health")
         assert r405.status_code == 405
         assert r405.json()["type"] == "/problems/method-not-allowed"
+        # Allow names every method of the path, not only the one route Starlette tried last.
+        other = await client.patch("/v1/read")
+        assert other.headers["allow"] == "DELETE, GET"
+        assert other.json()["allow"] == ["DELETE", "GET"]
         r422 = await client.post(
             "/v1/admin", json={"amount": -1, "extra": 1}, headers={"authorization": f"Bearer {key}"}
         )

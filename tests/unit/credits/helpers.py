@@ -27,18 +27,40 @@ def account(
     if no_overdraft is None:
         no_overdraft = kind is AccountKind.CUSTOMER
     return Account(
-        tenant_id=TENANT, id=account_id or uuid.uuid4(), kind=kind, code=code, no_overdraft=no_overdraft,
-        overdraft_limit=limit, metadata=b"{}", posted=posted, pending=pending, holds_pending=0, version=1,
+        tenant_id=TENANT,
+        id=account_id or uuid.uuid4(),
+        kind=kind,
+        code=code,
+        no_overdraft=no_overdraft,
+        overdraft_limit=limit,
+        metadata=b"{}",
+        posted=posted,
+        pending=pending,
+        holds_pending=0,
+        version=1,
         created_at=NOW - timedelta(days=1),
     )
 
 
-def grant(owner: Account, amount: int, *, remaining: int | None = None, priority: int = 50,
-          expires_in: float | None = None, age: int = 0) -> Grant:
+def grant(
+    owner: Account,
+    amount: int,
+    *,
+    remaining: int | None = None,
+    priority: int = 50,
+    expires_in: float | None = None,
+    age: int = 0,
+) -> Grant:
     return Grant(
-        tenant_id=TENANT, id=uuid.uuid4(), account_id=owner.id, amount=amount,
-        remaining=amount if remaining is None else remaining, held=0, priority=priority,
-        expires_at=None if expires_in is None else NOW + timedelta(seconds=expires_in), transfer_id=uuid.uuid4(),
+        tenant_id=TENANT,
+        id=uuid.uuid4(),
+        account_id=owner.id,
+        amount=amount,
+        remaining=amount if remaining is None else remaining,
+        held=0,
+        priority=priority,
+        expires_at=None if expires_in is None else NOW + timedelta(seconds=expires_in),
+        transfer_id=uuid.uuid4(),
         created_at=NOW - timedelta(seconds=1000 - age),
     )
 

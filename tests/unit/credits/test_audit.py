@@ -18,7 +18,9 @@ def chain(batches: list[list[dict[str, object]]]) -> list[audit.StoredEntry]:
     entries, previous = [], audit.GENESIS_HASH
     for seq, records in enumerate(batches, start=1):
         batch = uuid.uuid4()
-        body = audit.entry_body(tenant_id=TENANT, batch_id=batch, at="2030-01-01T00:00:00.000000+00:00", records=records)
+        body = audit.entry_body(
+            tenant_id=TENANT, batch_id=batch, at="2030-01-01T00:00:00.000000+00:00", records=records
+        )
         previous = audit.chain_hash(previous, body)
         entries.append(audit.StoredEntry(TENANT, seq, batch, previous, body, audit.canonical(records)))
     return entries
@@ -26,7 +28,9 @@ def chain(batches: list[list[dict[str, object]]]) -> list[audit.StoredEntry]:
 
 def test_canonical_json_is_key_order_independent() -> None:
     """Equal values give equal bytes whatever the key order."""
-    assert audit.canonical({"b": 1, "a": [2, {"d": 3, "c": 4}]}) == audit.canonical({"a": [2, {"c": 4, "d": 3}], "b": 1})
+    assert audit.canonical({"b": 1, "a": [2, {"d": 3, "c": 4}]}) == audit.canonical(
+        {"a": [2, {"c": 4, "d": 3}], "b": 1}
+    )
 
 
 def test_merkle_root_and_inclusion_proofs() -> None:
@@ -62,18 +66,32 @@ def test_an_intact_chain_verifies() -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash, e.body,
-                               audit.canonical([{"op": "forged"}, {"op": "c"}])), "Merkle root"),
+        (
+            lambda e: e.__class__(
+                e.tenant_id, e.seq, e.batch_id, e.hash, e.body, audit.canonical([{"op": "forged"}, {"op": "c"}])
+            ),
+            "Merkle root",
+        ),
         (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, b"\x00" * 32, e.body, e.operations), "hash"),
         (lambda e: e.__class__(e.tenant_id, e.seq + 5, e.batch_id, e.hash, e.body, e.operations), "sequence gap"),
         (lambda e: e.__class__(e.tenant_id, e.seq, uuid.uuid4(), e.hash, e.body, e.operations), "another tenant"),
         (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash, e.body, b"{not json"), "not valid JSON"),
         (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash, e.body, b"{}"), "not a list"),
-        (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash, e.body, audit.canonical([{"op": "b"}])),
-         "counts"),
-        (lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash,
-                               orjson.dumps(orjson.loads(e.body), option=orjson.OPT_INDENT_2), e.operations),
-         "canonical"),
+        (
+            lambda e: e.__class__(e.tenant_id, e.seq, e.batch_id, e.hash, e.body, audit.canonical([{"op": "b"}])),
+            "counts",
+        ),
+        (
+            lambda e: e.__class__(
+                e.tenant_id,
+                e.seq,
+                e.batch_id,
+                e.hash,
+                orjson.dumps(orjson.loads(e.body), option=orjson.OPT_INDENT_2),
+                e.operations,
+            ),
+            "canonical",
+        ),
     ],
 )
 def test_tampering_names_the_entry(change: object, reason: str) -> None:

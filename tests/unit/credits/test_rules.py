@@ -51,13 +51,20 @@ pytestmark = pytest.mark.unit
 
 
 def transfer(debit: uuid.UUID, credit: uuid.UUID, amount: int, **extra: object) -> PostTransfer:
-    return PostTransfer(tenant_id=TENANT, id=uuid.uuid4(), debit_account_id=debit, credit_account_id=credit,
-                        amount=amount, **extra)  # type: ignore[arg-type]
+    return PostTransfer(
+        tenant_id=TENANT, id=uuid.uuid4(), debit_account_id=debit, credit_account_id=credit, amount=amount, **extra
+    )  # type: ignore[arg-type]
 
 
 def hold(debit: uuid.UUID, credit: uuid.UUID, amount: int, timeout: int = 60) -> PlaceHold:
-    return PlaceHold(tenant_id=TENANT, id=uuid.uuid4(), debit_account_id=debit, credit_account_id=credit,
-                     amount=amount, timeout_seconds=timeout)
+    return PlaceHold(
+        tenant_id=TENANT,
+        id=uuid.uuid4(),
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        timeout_seconds=timeout,
+    )
 
 
 def snapshot(b: object) -> object:
@@ -254,8 +261,9 @@ def test_released_hold_on_an_expired_grant_becomes_expired_remainder() -> None:
     rules.apply(bk, VoidHold(tenant_id=TENANT, hold_id=placed.id))
     after = balances.balance(a, [g], bk.now)
     assert (after.pending, after.expired, after.available) == (0, 50, 0)
-    swept = rules.apply(bk, SweepGrant(tenant_id=TENANT, grant_id=g.id, account_id=a.id, code=CODE,
-                                       transfer_id=uuid.uuid4())).value
+    swept = rules.apply(
+        bk, SweepGrant(tenant_id=TENANT, grant_id=g.id, account_id=a.id, code=CODE, transfer_id=uuid.uuid4())
+    ).value
     assert swept.kind is TransferKind.EXPIRY
     assert (a.posted, g.remaining, bk.accounts[(TENANT, system(AccountKind.EXPIRY))].posted) == (0, 0, 50)
     balances.check_book(bk)
@@ -308,8 +316,9 @@ def test_create_account_rejects_reserved_ids_and_meaningless_limits() -> None:
     with pytest.raises(InvalidOperation):
         rules.apply(bk, CreateAccount(tenant_id=TENANT, id=uuid.uuid5(uuid.NAMESPACE_DNS, "x"), code=CODE))
     with pytest.raises(InvalidOperation):
-        rules.apply(bk, CreateAccount(tenant_id=TENANT, id=uuid.uuid4(), code=CODE, no_overdraft=False,
-                                      overdraft_limit=5))
+        rules.apply(
+            bk, CreateAccount(tenant_id=TENANT, id=uuid.uuid4(), code=CODE, no_overdraft=False, overdraft_limit=5)
+        )
 
 
 def test_grants_come_from_issuance_and_only_to_customers() -> None:
@@ -321,15 +330,28 @@ def test_grants_come_from_issuance_and_only_to_customers() -> None:
     assert bk.accounts[(TENANT, system(AccountKind.ISSUANCE))].posted == -25
     assert a.posted == 25
     with pytest.raises(InvalidOperation):
-        rules.apply(bk, IssueGrant(tenant_id=TENANT, id=uuid.uuid4(), transfer_id=uuid.uuid4(), account_id=a.id,
-                                   amount=1, expires_at=NOW))
+        rules.apply(
+            bk,
+            IssueGrant(
+                tenant_id=TENANT, id=uuid.uuid4(), transfer_id=uuid.uuid4(), account_id=a.id, amount=1, expires_at=NOW
+            ),
+        )
     with pytest.raises(InvalidOperation):
-        rules.apply(bk, IssueGrant(tenant_id=TENANT, id=uuid.uuid4(), transfer_id=uuid.uuid4(),
-                                   account_id=system(AccountKind.EXPIRY), amount=1))
+        rules.apply(
+            bk,
+            IssueGrant(
+                tenant_id=TENANT,
+                id=uuid.uuid4(),
+                transfer_id=uuid.uuid4(),
+                account_id=system(AccountKind.EXPIRY),
+                amount=1,
+            ),
+        )
     bk.grants[a.key].extend(grant(a, 1) for _ in range(GRANTS_LIVE_PER_ACCOUNT_MAX))
     with pytest.raises(LimitReached):
-        rules.apply(bk, IssueGrant(tenant_id=TENANT, id=uuid.uuid4(), transfer_id=uuid.uuid4(), account_id=a.id,
-                                   amount=1))
+        rules.apply(
+            bk, IssueGrant(tenant_id=TENANT, id=uuid.uuid4(), transfer_id=uuid.uuid4(), account_id=a.id, amount=1)
+        )
 
 
 def test_pending_holds_are_bounded() -> None:
@@ -348,18 +370,37 @@ def test_client_ids_answer_existing_or_name_differing_fields() -> None:
     rules.apply(bk, op)
     assert not rules.apply(bk, op).created
     with pytest.raises(ExistsWithDifferentFields) as caught:
-        rules.apply(bk, PostTransfer(tenant_id=TENANT, id=op.id, debit_account_id=a.id, credit_account_id=b.id,
-                                     amount=6))
+        rules.apply(
+            bk, PostTransfer(tenant_id=TENANT, id=op.id, debit_account_id=a.id, credit_account_id=b.id, amount=6)
+        )
     assert caught.value.extensions["fields"] == ["amount"]
     placed = hold(a.id, b.id, 5)
     rules.apply(bk, placed)
     assert not rules.apply(bk, placed).created
     with pytest.raises(ExistsWithDifferentFields):
-        rules.apply(bk, PlaceHold(tenant_id=TENANT, id=placed.id, debit_account_id=a.id, credit_account_id=b.id,
-                                  amount=6, timeout_seconds=60))
+        rules.apply(
+            bk,
+            PlaceHold(
+                tenant_id=TENANT,
+                id=placed.id,
+                debit_account_id=a.id,
+                credit_account_id=b.id,
+                amount=6,
+                timeout_seconds=60,
+            ),
+        )
     with pytest.raises(InvalidOperation):
-        rules.apply(bk, PlaceHold(tenant_id=TENANT, id=uuid.uuid4(), debit_account_id=a.id, credit_account_id=b.id,
-                                  amount=1, timeout_seconds=0))
+        rules.apply(
+            bk,
+            PlaceHold(
+                tenant_id=TENANT,
+                id=uuid.uuid4(),
+                debit_account_id=a.id,
+                credit_account_id=b.id,
+                amount=1,
+                timeout_seconds=0,
+            ),
+        )
     assert a.posted == 95
 
 
@@ -417,11 +458,16 @@ def test_check_book_catches_broken_invariants() -> None:
 def test_payment_method_is_recognised_by_fingerprint() -> None:
     """A card seen before in the tenant answers the method on file."""
     bk = book(system=None)
-    op = RecordPaymentMethod(tenant_id=TENANT, id=uuid.uuid4(), last4="4242", brand="visa", fingerprint=b"f" * 32,
-                             sealed=b"s")
+    op = RecordPaymentMethod(
+        tenant_id=TENANT, id=uuid.uuid4(), last4="4242", brand="visa", fingerprint=b"f" * 32, sealed=b"s"
+    )
     assert rules.apply(bk, op).created
-    again = rules.apply(bk, RecordPaymentMethod(tenant_id=TENANT, id=uuid.uuid4(), last4="4242", brand="visa",
-                                                fingerprint=b"f" * 32, sealed=b"t"))
+    again = rules.apply(
+        bk,
+        RecordPaymentMethod(
+            tenant_id=TENANT, id=uuid.uuid4(), last4="4242", brand="visa", fingerprint=b"f" * 32, sealed=b"t"
+        ),
+    )
     assert not again.created
     assert again.value.id == op.id
     assert bk.audit.records[TENANT][0]["op"] == "payment_method"

@@ -50,6 +50,11 @@ def test_unknown_fields_are_refused() -> None:
         {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}},
         {"n": float("nan")},
         {"n": [float("inf")]},
+        {"a": 58120545792830586880},  # beyond 64 bits: found by schemathesis (500 before)
+        {"a": [-(2**63) - 1]},
+        {"a": "\udb8d"},  # a lone surrogate
+        {"\udb8d": 1},
+        {"a": {"b": "nul \x00 inside"}},
     ],
 )
 def test_metadata_is_bounded(metadata: dict[str, Any]) -> None:
@@ -69,41 +74,54 @@ def test_card_number_validation_never_echoes_the_number() -> None:
     with pytest.raises(ValidationError) as caught:
         schemas.PaymentMethodIn.model_validate({"card_number": "4242424242424242", "expiry": "13/29", "holder": "A"})
     assert fields(caught.value) == {"expiry"}
-    ok = schemas.PaymentMethodIn.model_validate({"card_number": "4242 4242 4242 4242", "expiry": "01/30", "holder": "A"})
+    ok = schemas.PaymentMethodIn.model_validate(
+        {"card_number": "4242 4242 4242 4242", "expiry": "01/30", "holder": "A"}
+    )
     assert ok.card_number == "4242424242424242"
 
 
 def test_batch_operations_are_discriminated_and_bounded() -> None:
     """Batch operations name their kind; an empty batch is refused; grants are flagged."""
-    body = schemas.BatchIn.model_validate({"mode": "independent", "operations": [
-        {"op": "transfer", "debit_account_id": A, "credit_account_id": B, "amount": 1},
-        {"op": "hold", "debit_account_id": A, "credit_account_id": B, "amount": 1, "timeout_seconds": 5},
-        {"op": "capture", "hold_id": A}, {"op": "void", "hold_id": A},
-        {"op": "grant", "account_id": A, "amount": 3},
-    ]})
+    body = schemas.BatchIn.model_validate(
+        {
+            "mode": "independent",
+            "operations": [
+                {"op": "transfer", "debit_account_id": A, "credit_account_id": B, "amount": 1},
+                {"op": "hold", "debit_account_id": A, "credit_account_id": B, "amount": 1, "timeout_seconds": 5},
+                {"op": "capture", "hold_id": A},
+                {"op": "void", "hold_id": A},
+                {"op": "grant", "account_id": A, "amount": 3},
+            ],
+        }
+    )
     assert body.mode is BatchMode.INDEPENDENT and body.grants
     ops = body.to_domain(TENANT)
     assert [type(op).__name__ for op in ops] == ["PostTransfer", "PlaceHold", "CaptureHold", "VoidHold", "IssueGrant"]
     with pytest.raises(ValidationError):
         schemas.BatchIn.model_validate({"operations": []})
     with pytest.raises(ValidationError) as caught:
-        schemas.BatchIn.model_validate({"operations": [{"op": "transfer", "debit_account_id": A,
-                                                         "credit_account_id": B, "amount": 0}]})
+        schemas.BatchIn.model_validate(
+            {"operations": [{"op": "transfer", "debit_account_id": A, "credit_account_id": B, "amount": 0}]}
+        )
     assert fields(caught.value) == {"operations.0.transfer.amount"}
 
 
 def test_request_hash_is_keyed_and_canonical() -> None:
     """The same body in another key order hashes the same; another body or key differently."""
-    one = schemas.TransferIn.model_validate({"debit_account_id": A, "credit_account_id": B, "amount": 1,
-                                             "metadata": {"x": 1, "y": 2}})
-    two = schemas.TransferIn.model_validate({"metadata": {"y": 2, "x": 1}, "amount": 1, "credit_account_id": B,
-                                             "debit_account_id": A})
+    one = schemas.TransferIn.model_validate(
+        {"debit_account_id": A, "credit_account_id": B, "amount": 1, "metadata": {"x": 1, "y": 2}}
+    )
+    two = schemas.TransferIn.model_validate(
+        {"metadata": {"y": 2, "x": 1}, "amount": 1, "credit_account_id": B, "debit_account_id": A}
+    )
     three = schemas.TransferIn.model_validate({"debit_account_id": A, "credit_account_id": B, "amount": 2})
     key = b"k" * 32
     assert schemas.request_hash("POST", "/v1/transfers", one, key=key) == schemas.request_hash(
-        "POST", "/v1/transfers", two, key=key)
+        "POST", "/v1/transfers", two, key=key
+    )
     assert schemas.request_hash("POST", "/v1/transfers", one, key=key) != schemas.request_hash(
-        "POST", "/v1/transfers", three, key=key)
+        "POST", "/v1/transfers", three, key=key
+    )
     assert schemas.request_hash("POST", "/p", None, key=key) != schemas.request_hash("POST", "/p", None, key=b"j" * 32)
 
 
@@ -115,9 +133,20 @@ def test_rendered_bodies_match_the_documented_models() -> None:
     schemas.AccountOut.model_validate(body)
     from feint.credits.models import Hold, Transfer, TransferKind
 
-    t = Transfer(tenant_id=TENANT, id=uuid.uuid4(), kind=TransferKind.GRANT, debit_account_id=uuid.uuid4(),
-                 credit_account_id=acct.id, amount=10, hold_id=None, grant_id=g.id, debit_balance=-10,
-                 credit_balance=10, metadata=b'{"k":"v"}', posted_at=NOW)
+    t = Transfer(
+        tenant_id=TENANT,
+        id=uuid.uuid4(),
+        kind=TransferKind.GRANT,
+        debit_account_id=uuid.uuid4(),
+        credit_account_id=acct.id,
+        amount=10,
+        hold_id=None,
+        grant_id=g.id,
+        debit_balance=-10,
+        credit_balance=10,
+        metadata=b'{"k":"v"}',
+        posted_at=NOW,
+    )
     schemas.TransferOut.model_validate(schemas.transfer_body(t))
     schemas.GrantIssuedOut.model_validate(schemas.grant_issued_body(g, t))
     entry = schemas.entry_body(acct.id, t)
@@ -125,9 +154,30 @@ def test_rendered_bodies_match_the_documented_models() -> None:
     schemas.EntryOut.model_validate(entry)
     debit_entry = schemas.entry_body(t.debit_account_id, t)
     assert (debit_entry["amount"], debit_entry["balance"]) == (-10, -10)
-    h = Hold(tenant_id=TENANT, id=uuid.uuid4(), debit_account_id=acct.id, credit_account_id=uuid.uuid4(), amount=3,
-             state=HoldState.PENDING, expires_at=datetime(2031, 1, 1, tzinfo=UTC), allocations=(),
-             captured_amount=None, transfer_id=None, metadata=b"{}", created_at=NOW, resolved_at=None)
+    h = Hold(
+        tenant_id=TENANT,
+        id=uuid.uuid4(),
+        debit_account_id=acct.id,
+        credit_account_id=uuid.uuid4(),
+        amount=3,
+        state=HoldState.PENDING,
+        expires_at=datetime(2031, 1, 1, tzinfo=UTC),
+        allocations=(),
+        captured_amount=None,
+        transfer_id=None,
+        metadata=b"{}",
+        created_at=NOW,
+        resolved_at=None,
+    )
     schemas.HoldOut.model_validate(schemas.hold_body(h))
     problem = schemas.problem_body(InsufficientFunds(account_id=acct.id, available=1, amount=2))
     assert problem["type"] == "/problems/insufficient-funds" and problem["available"] == 1
+
+
+def test_metadata_errors_name_the_place_inside_metadata() -> None:
+    """The 422 says where in the metadata the bad value is, and 64-bit edges are accepted."""
+    with pytest.raises(ValidationError) as caught:
+        schemas.AccountIn.model_validate({"code": "x", "metadata": {"order": {"lines": [1, 2**64]}}})
+    assert "metadata.order.lines[1]: integer outside the signed 64-bit range" in str(caught.value)
+    ok = schemas.AccountIn.model_validate({"code": "x", "metadata": {"a": 2**63 - 1, "b": -(2**63), "c": "é"}})
+    assert ok.metadata["a"] == 2**63 - 1

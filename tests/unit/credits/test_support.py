@@ -23,8 +23,12 @@ def test_stored_errors_come_back_as_the_same_class() -> None:
     original = InsufficientFunds(account_id=uuid.uuid4(), available=3, amount=9)
     again = error_from_stored(stored_problem(original))
     assert type(again) is InsufficientFunds
-    assert (again.status, again.slug, again.detail, again.extensions) == (409, "insufficient-funds", original.detail,
-                                                                           original.extensions)
+    assert (again.status, again.slug, again.detail, again.extensions) == (
+        409,
+        "insufficient-funds",
+        original.detail,
+        original.extensions,
+    )
     reused = error_from_stored({"slug": "idempotency-key-reused", "detail": "x", "extensions": {}})
     assert type(reused) is IdempotencyKeyReused
     unknown = error_from_stored({"slug": "never-heard-of-it", "detail": "d"})
