@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from feint.shadow import synth  # noqa: E402
 from feint.shadow.crs import load_crs  # noqa: E402
-from feint.shadow.dataset import SCHEMA, read_records, to_batch  # noqa: E402
+from feint.shadow.ingest.dataset import SCHEMA, read_records, to_batch  # noqa: E402
 from feint.shadow.rules.matcher import compile_matcher  # noqa: E402
 from feint.shadow.rules.model import rule_set  # noqa: E402
 from feint.shadow.rules.parse import load_rules  # noqa: E402

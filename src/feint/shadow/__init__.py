@@ -4,7 +4,7 @@ Layout (pure core, I/O at the edges):
 
 ``rules/``      Sigma parsing, field mapping, engine 1 (per-request matcher), engine 2 (SQL)
 ``record``      the request record both engines read
-``traffic``     logs (combined, W3C, JSON lines) to a Parquet dataset; ``dataset`` its schema
+``ingest/``     logs (combined, W3C, JSON lines) to a Parquet dataset: vectorised, reference, schema
 ``labels``      the ``id,label`` CSV to a table
 ``metrics``     confusion-matrix metrics and AUC; ``stats`` McNemar, chi-square, bootstrap
 ``decision``    thresholds, decision, risk, checks

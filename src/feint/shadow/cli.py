@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from feint.errors import FeintError
 from feint.shadow.decision import Thresholds
@@ -20,6 +27,9 @@ from feint.shadow.errors import RulePathMissing
 from feint.shadow.stats import OBJECTIVES, Objective
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from feint.shadow.ingest import IngestProgress
     from feint.shadow.rules.model import RuleSet
 
 shadow_app = typer.Typer(help="Prove a detection rule on recorded traffic before it goes live.", no_args_is_help=True)
@@ -39,7 +49,10 @@ def _progress(console: Console) -> Progress:
 def evaluate_command(
     production: Annotated[str, typer.Option(help="Sigma file or folder, or a stored version NAME[@N].")],
     candidate: Annotated[str, typer.Option(help="Sigma file or folder, or a stored version NAME[@N].")],
-    traffic: Annotated[Path, typer.Option(help="Parquet dataset (feint shadow ingest) or a log file.")],
+    traffic: Annotated[
+        list[Path],
+        typer.Option(help="Parquet dataset (feint shadow ingest), or log files or globs ('access.log*'); repeatable."),
+    ],
     out: Annotated[Path, typer.Option(help="Where to write report.json.")],
     labels: Annotated[Path | None, typer.Option(help="CSV file with header id,label.")] = None,
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained report.html.")] = None,
@@ -70,12 +83,15 @@ def evaluate_command(
         )  # fmt: skip
         production_rules = _rule_source(production, tenant=tenant)
         candidate_rules = _rule_source(candidate, tenant=tenant)
-        with _progress(_err) as bar:
-            task = bar.add_task("evaluating", total=None)
-            report = evaluate(
-                production_rules, candidate_rules, traffic=traffic, labels=labels, thresholds=thresholds,
-                threads=threads, on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )  # fmt: skip
+        with _ingest_progress(_err) as importing:
+            on_ingest = _ingest_meter(importing)
+            with _progress(_err) as bar:
+                task = bar.add_task("evaluating", total=None)
+                report = evaluate(
+                    production_rules, candidate_rules, traffic=traffic, labels=labels, thresholds=thresholds,
+                    threads=threads, on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    on_ingest=on_ingest,
+                )  # fmt: skip
     except FeintError as exc:
         _err.print(f"[red]error:[/red] {exc.detail}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(_EXIT_BAD_INPUT) from exc
@@ -109,17 +125,41 @@ def _objective(name: str) -> Objective:
 
 @shadow_app.command("ingest")
 def ingest_command(
-    logs: Annotated[list[Path], typer.Argument(help="Log files: combined, W3C extended or JSON lines; gzip or plain.")],
+    logs: Annotated[
+        list[Path],
+        typer.Argument(help="Log files or globs ('access.log*'): combined, W3C extended or JSON lines; gzip or plain."),
+    ],
     out: Annotated[Path, typer.Option(help="Parquet dataset to write.")],
+    threads: Annotated[int | None, typer.Option(help="DuckDB threads (default: every core).")] = None,
 ) -> None:
-    """Import traffic logs into a Parquet dataset; report malformed lines."""
-    from feint.shadow.traffic import ingest
+    """Import traffic logs into one Parquet dataset; report malformed lines.
+
+    Several files (rotated, gzipped) make one dataset whose request ids are ``<file name>:<line>``."""
+    from feint.shadow.ingest import ingest
 
     try:
-        with _progress(_err) as bar:
-            task = bar.add_task("importing", total=None)
-            report = ingest(logs, out, on_progress=lambda rows: bar.update(task, completed=rows))
+        with _ingest_progress(_err) as bar:
+            report = ingest(logs, out, on_progress=_ingest_meter(bar), threads=threads)
     except FeintError as exc:
         _err.print(f"[red]error:[/red] {exc.detail}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(_EXIT_BAD_INPUT) from exc
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _ingest_progress(console: Console) -> Progress:
+    """Bytes read of the files as stored, lines read, and lines per second."""
+    return Progress(
+        TextColumn("[bold]importing"), BarColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[lines]:>12,} lines  {task.fields[rate]:>10,.0f} lines/s"), TimeRemainingColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+
+
+def _ingest_meter(bar: Progress) -> Callable[[IngestProgress], None]:
+    task = bar.add_task("importing", total=None, lines=0, rate=0.0)
+
+    def update(progress: IngestProgress) -> None:
+        bar.update(task, completed=progress.bytes_done, total=progress.bytes_total or None, lines=progress.lines,
+                   rate=progress.lines_per_second)  # fmt: skip
+
+    return update

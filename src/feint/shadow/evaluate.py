@@ -39,8 +39,9 @@ import pyarrow.compute as pc
 
 from feint.errors import InvariantViolated, ValidationFailed
 from feint.shadow import metrics, stats
-from feint.shadow.dataset import from_batch
 from feint.shadow.decision import Decision, Evidence, Thresholds, decide
+from feint.shadow.ingest import EXAMPLES_MAX, IngestProgress, IngestReport, expand_paths, ingest
+from feint.shadow.ingest.dataset import from_batch
 from feint.shadow.labels import LabelsReport, load_labels
 from feint.shadow.record import RECORD_FIELDS, RequestRecord
 from feint.shadow.report import render_html
@@ -49,7 +50,6 @@ from feint.shadow.rules.model import Rule, RuleSet, rule_set, score_units
 from feint.shadow.rules.parse import load_rules
 from feint.shadow.rules.sql import DIMENSIONS, select_parts, select_sql
 from feint.shadow.schema import REPORT_SCHEMA_VERSION
-from feint.shadow.traffic import EXAMPLES_MAX, IngestReport, ingest
 
 BATCH_ROWS: Final = 131_072
 LATENCY_SAMPLE_ROWS: Final = 2_000
@@ -427,33 +427,50 @@ def _version_report(
     }
 
 
-def _prepare_traffic(traffic: Path, work_dir: Path) -> tuple[Path, IngestReport | None]:
-    with traffic.open("rb") as stream:
-        if stream.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC:
-            return traffic, None
+def _prepare_traffic(
+    traffic: Sequence[Path], work_dir: Path, threads: int | None, on_ingest: Callable[[IngestProgress], None] | None
+) -> tuple[Path, IngestReport | None]:
+    """A Parquet dataset as it is; log files (and globs) imported into one in ``work_dir``."""
+    files = expand_paths(traffic)
+    if len(files) == 1:
+        with files[0].open("rb") as stream:
+            if stream.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC:
+                return files[0], None
     dataset = work_dir / "traffic.parquet"
-    return dataset, ingest([traffic], dataset)
+    return dataset, ingest(files, dataset, on_progress=on_ingest, threads=threads)
+
+
+def _traffic_input(traffic: Sequence[Path]) -> dict[str, str]:
+    """Name and SHA-256 of the traffic; for several files, of the list of their names and hashes."""
+    files = expand_paths(traffic)
+    if len(files) == 1:
+        return {"path": str(files[0]), "sha256": sha256_file(files[0])}
+    listing = "".join(f"{path}\t{sha256_file(path)}\n" for path in files)
+    return {"path": ", ".join(str(path) for path in files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def evaluate(
     production: Path | RuleSet,
     candidate: Path | RuleSet,
     *,
-    traffic: Path,
+    traffic: Path | Sequence[Path],
     labels: Path | None,
     thresholds: Thresholds = Thresholds(),
     threads: int | None = None,
     latency_rows: int = LATENCY_SAMPLE_ROWS,
     on_progress: Progress | None = None,
+    on_ingest: Callable[[IngestProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate candidate against production; ``traffic`` is a dataset or a log, ``labels`` a CSV."""
+    """Evaluate candidate against production; ``traffic`` is a dataset or log files (globs too),
+    ``labels`` a CSV."""
+    traffic = [traffic] if isinstance(traffic, Path) else list(traffic)
     started = time.perf_counter()
     versions_in = (load_rule_set(production, name="production"), load_rule_set(candidate, name="candidate"))
     distinct = _distinct_rules(versions_in)
     versions = (_version(versions_in[0], distinct), _version(versions_in[1], distinct))
     with tempfile.TemporaryDirectory(prefix="feint-evaluate-") as scratch:
         work_dir = Path(scratch)
-        dataset, ingested = _prepare_traffic(traffic, work_dir)
+        dataset, ingested = _prepare_traffic(traffic, work_dir, threads, on_ingest)
         labels_report: LabelsReport | None = None
         connection = _connection(threads, work_dir)
         try:
@@ -484,7 +501,7 @@ def evaluate(
         inputs = {
             "production": {"name": versions_in[0].name, "sha256": versions_in[0].content_hash},
             "candidate": {"name": versions_in[1].name, "sha256": versions_in[1].content_hash},
-            "traffic": {"path": str(traffic), "sha256": sha256_file(traffic)},
+            "traffic": _traffic_input(traffic),
             "labels": None if labels is None else {"path": str(labels), "sha256": sha256_file(labels)},
             "thresholds": thresholds.to_dict(),
         }

@@ -260,7 +260,7 @@ async def upload_dataset(
     """Store an uploaded log (nginx/Apache, W3C, JSON lines; gzip or plain) as a Parquet dataset
     under ``datasets/uploads/``; returns its row and the import's report. Nothing is kept when the
     upload is not a log Feint reads."""
-    from feint.shadow.traffic import ingest
+    from feint.shadow.ingest import ingest
 
     dataset_id = uuid.uuid4()
     uploads = datasets / "uploads"

@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from feint.shadow.errors import LabelsInvalid
-from feint.shadow.traffic import EXAMPLE_CHARS_MAX, EXAMPLES_MAX, ID_CHARS_MAX, LineProblem, open_log
+from feint.shadow.ingest.reference import EXAMPLE_CHARS_MAX, EXAMPLES_MAX, ID_CHARS_MAX, LineProblem, open_log
 
 LABEL_BATCH_ROWS: Final = 262_144
 FAST_BLOCK_BYTES: Final = 4 << 20

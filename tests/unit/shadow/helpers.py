@@ -13,7 +13,7 @@ import chdb
 import duckdb
 
 from feint.shadow import synth
-from feint.shadow.dataset import write_records
+from feint.shadow.ingest.dataset import write_records
 from feint.shadow.record import RequestRecord, request_line_of
 from feint.shadow.rules.matcher import compile_matcher
 from feint.shadow.rules.model import Rule, rule_set

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from feint.shadow import synth
 from feint.shadow.cli import shadow_app
-from feint.shadow.dataset import write_records
+from feint.shadow.ingest.dataset import write_records
 from feint.shadow.rules import starter_rules_path
 from feint.shadow.schema import validate_report
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from feint.errors import InvariantViolated
-from feint.shadow import crs, labels, synth, traffic
+from feint.shadow import crs, labels, synth
 from feint.shadow.errors import RuleInvalid, TrafficFormatInvalid
+from feint.shadow.ingest import pipeline, reference
 from feint.shadow.report import _num
 from feint.shadow.rules import ir
 from feint.shadow.rules import model as rule_model
@@ -59,9 +60,9 @@ def test_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(rule_model, "RULES_PER_SET_MAX", 0)
     with pytest.raises(InvariantViolated, match="at most"):
         rule_model.rule_set([rule("sel:\n  cs-method: GET\ncondition: sel")])
-    monkeypatch.setattr(traffic, "FILES_MAX", 1)
+    monkeypatch.setattr(pipeline, "FILES_MAX", 1)
     with pytest.raises(TrafficFormatInvalid, match="more than 1"):
-        traffic.ingest([tmp_path / "a.yml", tmp_path / "b.yml"], tmp_path / "o.parquet")
+        pipeline.ingest([tmp_path / "a.yml", tmp_path / "b.yml"], tmp_path / "o.parquet")
 
 
 def test_w3c_data_before_fields_and_odd_times(tmp_path: Path) -> None:
@@ -69,12 +70,12 @@ def test_w3c_data_before_fields_and_odd_times(tmp_path: Path) -> None:
     path = tmp_path / "u_ex.log"
     path.write_text("#Version: 1.0\n2024-01-01 00:00:00 GET /\n#Fields: date time cs-method cs-uri-stem\n"
                     "2024-01-01 00:00:01 GET /x\n")  # fmt: skip
-    report = traffic.ingest([path], tmp_path / "o.parquet")
+    report = pipeline.ingest([path], tmp_path / "o.parquet")
     assert (report.rows, report.malformed) == (1, 1)
     assert report.examples[0].reason == "data line before any #Fields header"
     for value in (10**20, "yesterday", "", None, [1]):
         assert (
-            traffic.parse_json(f'{{"time": {value!r}}}'.replace("'", '"').replace("None", "null").encode(), "1").time
+            reference.parse_json(f'{{"time": {value!r}}}'.replace("'", '"').replace("None", "null").encode(), "1").time
             is None
         )
 

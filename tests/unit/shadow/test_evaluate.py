@@ -13,8 +13,8 @@ from sklearn import metrics as sk
 from feint.errors import InvariantViolated, ValidationFailed
 from feint.shadow import evaluate as evaluation
 from feint.shadow import metrics, synth
-from feint.shadow.dataset import write_records
 from feint.shadow.evaluate import evaluate, evaluate_job, thresholds_from
+from feint.shadow.ingest.dataset import write_records
 from feint.shadow.rules import starter_rules
 from feint.shadow.rules.model import rule_set
 from feint.shadow.rules.parse import load_rules
@@ -80,7 +80,7 @@ def test_metrics_equal_sklearn_on_the_same_requests(dataset: tuple[Path, Path, d
     traffic, csv, labels = dataset
     candidate = rule_set(starter_rules(), name="all")
     report = evaluate(candidate, candidate, traffic=traffic, labels=csv, latency_rows=10)
-    from feint.shadow.dataset import read_records
+    from feint.shadow.ingest.dataset import read_records
     from feint.shadow.rules.matcher import compile_matcher
 
     matcher = compile_matcher(candidate)

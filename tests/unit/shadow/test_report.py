@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from feint.shadow import synth
-from feint.shadow.dataset import write_records
 from feint.shadow.evaluate import evaluate
+from feint.shadow.ingest.dataset import write_records
 from feint.shadow.report import RULES_SHOWN_MAX, render_html
 from feint.shadow.rules import starter_rules
 from feint.shadow.rules.model import rule_set

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feint.shadow.dataset import write_records
+from feint.shadow.ingest.dataset import write_records
 from feint.shadow.rules import _re2, ir
 from feint.shadow.rules.ir import Const, Hint, Or
 from feint.shadow.rules.matcher import compile_matcher

@@ -1,12 +1,12 @@
-"""Traffic logs to a Parquet dataset: nginx/Apache combined, W3C extended (IIS), JSON lines.
+"""The line-by-line log parsers: nginx/Apache combined and common, W3C extended (IIS), JSON lines.
 
-Files are read as a stream of bounded lines (gzip or plain, recognised by its magic bytes), in
-batches of ``dataset.BATCH_ROWS`` records, so memory does not grow with the file. The format of
-each file is recognised from its first ``PROBE_LINES`` lines; a file none of whose first lines is a
-request in a known format is rejected there, before anything is written. Later lines that do not
-parse are counted with their line numbers (the first ``EXAMPLES_MAX`` are kept as examples), never
-dropped silently. The dataset is written to a temporary file and renamed at the end: a failed
-import leaves nothing behind.
+They are the reference. The vectorised parsers (``fast``) must give exactly the records these give,
+and they hand back to these every line they do not take themselves (``pipeline`` does the
+dispatch); the differential tests hold the two to it. Reading here is a stream of bounded lines
+(gzip or plain, recognised by its magic bytes). The format of each file is recognised from its
+first ``PROBE_LINES`` lines; a file none of whose first lines is a request in a known format is
+rejected there. Lines that do not parse are counted with their line numbers (the first
+``EXAMPLES_MAX`` are kept as examples), never dropped silently.
 
 Request ids: a JSON-lines record's ``id`` (or ``c-request-id``); otherwise the 1-based line number,
 or ``<file name>:<line>`` when the dataset spans several files.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -33,10 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Final, Literal, cast
 
-import pyarrow.parquet as pq
-
-from feint.shadow.dataset import BATCH_ROWS, SCHEMA, STATUS_MAX, STATUS_MIN, to_batch
 from feint.shadow.errors import TrafficFormatInvalid
+from feint.shadow.ingest.dataset import STATUS_MAX, STATUS_MIN
 from feint.shadow.record import RequestRecord, clean_text, request_line_of, split_target
 
 LogFormat = Literal["combined", "w3c", "jsonl"]
@@ -96,7 +93,7 @@ class IngestReport:
         }
 
 
-class _Malformed(ValueError):
+class Malformed(ValueError):
     """A line of a recognised format that is not a usable request."""
 
 
@@ -125,7 +122,7 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
         yield number, line.rstrip(b"\r\n")
 
 
-def _unescape(raw: bytes) -> str:
+def unescape(raw: bytes) -> str:
     """A quoted log field: nginx's ``\\xHH`` and Apache's ``\\"``/``\\\\`` undone, then text."""
 
     def one(match: re.Match[bytes]) -> bytes:
@@ -135,16 +132,16 @@ def _unescape(raw: bytes) -> str:
     return clean_text(_ESCAPE.sub(one, raw) if b"\\" in raw else raw)
 
 
-def _text(value: str | None) -> str | None:
+def text_or_none(value: str | None) -> str | None:
     return None if value is None or value in ("", "-") else value
 
 
-def _ip(value: str | None) -> str | None:
+def canonical_ip(value: str | None) -> str | None:
     """The canonical text of an address (what CIDR tests expect), else the value as given.
 
     An IPv4-mapped IPv6 address (``::ffff:1.2.3.4``, how dual-stack sockets log IPv4 clients)
     becomes the IPv4 address, so rules written for IPv4 networks apply to it."""
-    value = _text(value)
+    value = text_or_none(value)
     if value is None:
         return None
     try:
@@ -159,25 +156,25 @@ def _status(value: object) -> int | None:
     if value is None or value in ("", "-"):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _Malformed(f"status {value!r} is not a number")
+        raise Malformed(f"status {value!r} is not a number")
     try:
         number = int(value)
     except ValueError as exc:
-        raise _Malformed(f"status {value!r} is not a number") from exc
+        raise Malformed(f"status {value!r} is not a number") from exc
     if not STATUS_MIN <= number <= STATUS_MAX:
-        raise _Malformed(f"status {number} out of range")
+        raise Malformed(f"status {number} out of range")
     return number
 
 
 @lru_cache(maxsize=4096)  # log lines share their second; parsing dominates otherwise
-def _clf_time(text: str) -> datetime | None:
+def clf_time(text: str) -> datetime | None:
     try:
         return datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 9999 ahead of UTC, or year 1 behind
         return None
 
 
-def _iso_time(value: object) -> datetime | None:
+def iso_time(value: object) -> datetime | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value, UTC)
@@ -187,12 +184,12 @@ def _iso_time(value: object) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a date at the edge of the calendar
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def _request(line: str | None) -> tuple[str | None, str | None, str | None, str | None]:
+def split_request(line: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """Method, stem, query and version of a request line; garbage leaves them ``None``."""
     if line is None:
         return None, None, None, None
@@ -207,40 +204,45 @@ def parse_combined(raw: bytes, request_id: str) -> RequestRecord:
     """One line of the combined (or common) log format."""
     match = _COMBINED.match(raw)
     if match is None:
-        raise _Malformed("not a combined/common log line")
-    line = _text(_unescape(match["request"]))
-    method, stem, query, version = _request(line)
+        raise Malformed("not a combined/common log line")
+    line = text_or_none(unescape(match["request"]))
+    method, stem, query, version = split_request(line)
     referer, agent = match["referer"], match["agent"]
     return RequestRecord(
         id=request_id,
-        time=_clf_time(match["time"].decode("ascii", "replace")),
-        c_ip=_ip(clean_text(match["ip"])),
+        time=clf_time(match["time"].decode("ascii", "replace")),
+        c_ip=canonical_ip(clean_text(match["ip"])),
         cs_method=method,
         cs_uri_stem=stem,
         cs_uri_query=query,
-        cs_user_agent=None if agent is None else _text(_unescape(agent)),
-        cs_referer=None if referer is None else _text(_unescape(referer)),
+        cs_user_agent=None if agent is None else text_or_none(unescape(agent)),
+        cs_referer=None if referer is None else text_or_none(unescape(referer)),
         sc_status=_status(match["status"].decode()),
         cs_version=version,
         request_line=line,
     )
 
 
+def w3c_fields(header: bytes) -> list[str]:
+    """The field names of a ``#Fields:`` header line, lower-cased."""
+    return [name.lower() for name in clean_text(header[len(b"#Fields:") :]).split()]
+
+
 def parse_w3c(raw: bytes, request_id: str, fields: Sequence[str]) -> RequestRecord:
     """One data line of a W3C extended log, given the names of its ``#Fields`` header."""
     values = clean_text(raw).split(" ")
     if len(values) != len(fields):
-        raise _Malformed(f"{len(values)} values for {len(fields)} fields")
-    row = {name: _text(value) for name, value in zip(fields, values, strict=True)}
+        raise Malformed(f"{len(values)} values for {len(fields)} fields")
+    row = {name: text_or_none(value) for name, value in zip(fields, values, strict=True)}
     agent = row.get("cs(user-agent)") or row.get("cs-user-agent")
     stem, query = row.get("cs-uri-stem"), row.get("cs-uri-query")
     method, version = row.get("cs-method"), row.get("cs-version")
     date, clock = row.get("date"), row.get("time")
-    when = _iso_time(f"{date}T{clock}") if date and clock else None
+    when = iso_time(f"{date}T{clock}") if date and clock else None
     return RequestRecord(
         id=request_id,
         time=when,
-        c_ip=_ip(row.get("c-ip")),
+        c_ip=canonical_ip(row.get("c-ip")),
         cs_method=method,
         cs_uri_stem=stem,
         cs_uri_query=query,
@@ -271,8 +273,8 @@ def _first(record: dict[str, Any], keys: Sequence[str]) -> str | None:
         value = record.get(key)
         if value is not None:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise _Malformed(f"{key} is a {type(value).__name__}, not text")
-            return _text(clean_text(str(value)))
+                raise Malformed(f"{key} is a {type(value).__name__}, not text")
+            return text_or_none(clean_text(str(value)))
     return None
 
 
@@ -281,18 +283,18 @@ def parse_json(raw: bytes, default_id: str) -> RequestRecord:
     try:
         document = json.loads(raw)
     except ValueError as exc:
-        raise _Malformed(f"invalid JSON: {exc}") from exc
+        raise Malformed(f"invalid JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise _Malformed("JSON value is not an object")
+        raise Malformed("JSON value is not an object")
     record = {str(key).lower(): value for key, value in document.items()}
     values = {name: _first(record, keys) for name, keys in _JSON_KEYS.items()}
     request_id = _first(record, ("id", "c-request-id")) or default_id
     if len(request_id) > ID_CHARS_MAX:
-        raise _Malformed(f"id longer than {ID_CHARS_MAX} characters")
+        raise Malformed(f"id longer than {ID_CHARS_MAX} characters")
     target = _first(record, ("cs-uri", "c-uri", "cs_uri"))
     if target is not None and values["cs_uri_stem"] is None:
         values["cs_uri_stem"], values["cs_uri_query"] = split_target(target)
-    parsed = _request(values["request_line"])
+    parsed = split_request(values["request_line"])
     for name, part in zip(("cs_method", "cs_uri_stem", "cs_uri_query", "cs_version"), parsed, strict=True):
         if values[name] is None and part is not None:
             values[name] = part
@@ -302,13 +304,13 @@ def parse_json(raw: bytes, default_id: str) -> RequestRecord:
         )
     return RequestRecord(
         id=request_id,
-        time=_iso_time(record.get("time", record.get("timestamp"))),
+        time=iso_time(record.get("time", record.get("timestamp"))),
         sc_status=_status(record.get("sc-status", record.get("sc_status"))),
-        **{name: (_ip(value) if name == "c_ip" else value) for name, value in values.items()},
+        **{name: (canonical_ip(value) if name == "c_ip" else value) for name, value in values.items()},
     )
 
 
-def _probe(path: Path, head: list[tuple[int, bytes | None]]) -> LogFormat:
+def probe(path: Path, head: list[tuple[int, bytes | None]]) -> LogFormat:
     """The format of a file from its first lines, or :class:`TrafficFormatInvalid`."""
     lines = [(number, line) for number, line in head if line]
     if not lines:
@@ -334,19 +336,19 @@ def _parses(parser: Callable[[bytes, str], RequestRecord], lines: list[bytes]) -
     for line in lines:
         try:
             parser(line, "probe")
-        except _Malformed:
+        except Malformed:
             continue
         return True
     return False
 
 
-def _parse(kind: LogFormat, line: bytes, request_id: str, fields: list[str] | None) -> RequestRecord:
+def parse_line(kind: LogFormat, line: bytes, request_id: str, fields: list[str] | None) -> RequestRecord:
     if kind == "jsonl":
         return parse_json(line, request_id)
     if kind == "combined":
         return parse_combined(line, request_id)
     if fields is None:
-        raise _Malformed("data line before any #Fields header")
+        raise Malformed("data line before any #Fields header")
     return parse_w3c(line, request_id, fields)
 
 
@@ -362,7 +364,7 @@ def _read_log(path: Path, report: IngestReport, *, id_prefix: str) -> Iterator[R
     with open_log(path) as stream:
         lines = _lines(stream)
         head = [pair for _, pair in zip(range(PROBE_LINES), lines, strict=False)]
-        kind = _probe(path, head)
+        kind = probe(path, head)
         report.formats[str(path)] = kind
         fields: list[str] | None = None
         for number, line in (*head, *lines):
@@ -373,46 +375,10 @@ def _read_log(path: Path, report: IngestReport, *, id_prefix: str) -> Iterator[R
                 continue
             if kind == "w3c" and line.startswith(b"#"):
                 if line.startswith(b"#Fields:"):
-                    fields = [name.lower() for name in clean_text(line[8:]).split()]
+                    fields = w3c_fields(line)
                 continue
             try:
-                yield _parse(kind, line, f"{id_prefix}{number}", fields)
-            except _Malformed as exc:
+                yield parse_line(kind, line, f"{id_prefix}{number}", fields)
+            except Malformed as exc:
                 text = clean_text(line[:EXAMPLE_CHARS_MAX])
                 report.reject(LineProblem(str(path), number, str(exc), text))
-
-
-def ingest(
-    paths: Sequence[Path],
-    out: Path,
-    *,
-    on_progress: Callable[[int], None] | None = None,
-) -> IngestReport:
-    """Read log files into one Parquet dataset at ``out``; nothing is written if one fails."""
-    if not paths:
-        raise TrafficFormatInvalid("no traffic files given", path=str(out))
-    if len(paths) > FILES_MAX:
-        raise TrafficFormatInvalid(f"more than {FILES_MAX} files", path=str(out))
-    report = IngestReport(output=str(out))
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        with pq.ParquetWriter(temporary, SCHEMA, compression="zstd") as writer:
-            batch: list[RequestRecord] = []
-            for path in paths:
-                prefix = f"{path.name}:" if len(paths) > 1 else ""
-                for record in read_log(path, report, id_prefix=prefix):
-                    batch.append(record)
-                    if len(batch) == BATCH_ROWS:
-                        writer.write_batch(to_batch(batch), row_group_size=BATCH_ROWS)
-                        report.rows += len(batch)
-                        batch = []
-                        if on_progress is not None:
-                            on_progress(report.rows)
-            writer.write_batch(to_batch(batch), row_group_size=BATCH_ROWS)
-            report.rows += len(batch)
-        temporary.replace(out)
-    finally:
-        temporary.unlink(missing_ok=True)
-    if on_progress is not None:
-        on_progress(report.rows)
-    return report

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from feint.shadow.dataset import read_records
 from feint.shadow.errors import TrafficFormatInvalid
+from feint.shadow.ingest import IngestProgress, ingest
+from feint.shadow.ingest.dataset import read_records
+from feint.shadow.ingest.reference import EXAMPLES_MAX, LINE_BYTES_MAX, PROBE_LINES, parse_combined, parse_json
 from feint.shadow.record import RequestRecord
-from feint.shadow.traffic import EXAMPLES_MAX, LINE_BYTES_MAX, PROBE_LINES, ingest, parse_combined, parse_json
 
 pytestmark = pytest.mark.unit
 
@@ -177,15 +178,19 @@ def test_corrupt_gzip_and_empty_arguments(tmp_path: Path) -> None:
         ingest([], tmp_path / "out.parquet")
 
 
-def test_progress_and_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records are written in batches and progress is reported after each."""
-    monkeypatch.setattr("feint.shadow.traffic.BATCH_ROWS", 2)
+def test_progress_and_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are read in blocks; progress counts lines, rows and bytes up to the whole file."""
+    monkeypatch.setattr("feint.shadow.ingest.pipeline.BLOCK_BYTES", len(NGINX) * 2 + 5)
+    monkeypatch.setattr("feint.shadow.ingest.pipeline._Meter.INTERVAL_SECONDS", 0.0)
     path = tmp_path / "a.log"
     path.write_text(f"{NGINX}\n" * 5)
-    seen: list[int] = []
+    seen: list[IngestProgress] = []
     report = ingest([path], tmp_path / "out.parquet", on_progress=seen.append)
     assert report.rows == 5
-    assert seen == [2, 4, 5]
+    assert [progress.rows for progress in seen] == [2, 4, 5, 5]
+    assert seen[-1].lines == 5
+    assert seen[-1].bytes_done == seen[-1].bytes_total == path.stat().st_size
+    assert seen[-1].lines_per_second > 0
 
 
 def test_clf_time_and_status_edge_cases() -> None:
