@@ -26,6 +26,7 @@ from feint.camouflage.decoy.situation import SiteIndex
 from feint.errors import FeintError
 
 PERSONA_FILE = "persona.yaml"
+DOT_PREFIX = "_dot_"  # a site path segment "_dot_git" is served as ".git"
 SITE_FILES_MAX = 2_000
 SITE_FILE_BYTES_MAX = 1_000_000
 EXTENDS_DEPTH_MAX = 4
@@ -278,7 +279,9 @@ def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
         size = path.stat().st_size
         if size > SITE_FILE_BYTES_MAX:
             raise PersonaError(f"{path}: {size} bytes (max {SITE_FILE_BYTES_MAX})")
-        site["/" + path.relative_to(site_dir).as_posix()] = path.read_bytes()
+        # git cannot hold a directory named .git: "_dot_git" in the data is ".git" on the site.
+        parts = ["." + p[5:] if p.startswith(DOT_PREFIX) else p for p in path.relative_to(site_dir).parts]
+        site["/" + "/".join(parts)] = path.read_bytes()
         newest = max(newest, path.stat().st_mtime)
     return site, newest
 
