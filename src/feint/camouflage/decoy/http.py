@@ -311,6 +311,9 @@ class RequestParser:
         if b"\x00" in head:
             problems.add(Problem.NUL_BYTE)
         length, chunked, intact = _framing(headers, problems)
+        if Problem.HEADER_LINE_TOO_LONG in problems or Problem.HEADERS_TOO_LARGE in problems:
+            # An oversized head is cut when it arrives in pieces; so it is when it arrives whole.
+            intact = False
         skipped = self._skipped
         self._skipped = 0
         self._skipped_bare_lf = False
@@ -399,11 +402,11 @@ class RequestParser:
         block = buf[lf + 1 :]
         last_lf = block.rfind(b"\n")
         partial_line = len(block) - last_lf - 1
-        if len(block) <= limits.header_bytes_max + 2 and partial_line <= limits.header_line_bytes_max + 1:
+        if len(block) <= limits.header_bytes_max and partial_line <= limits.header_line_bytes_max + 1:
             self._scan_from = max(lf, len(buf) - 2)
             return None
         problems.add(
-            Problem.HEADERS_TOO_LARGE if len(block) > limits.header_bytes_max + 2 else Problem.HEADER_LINE_TOO_LONG
+            Problem.HEADERS_TOO_LARGE if len(block) > limits.header_bytes_max else Problem.HEADER_LINE_TOO_LONG
         )
         complete = block[: last_lf + 1] if last_lf >= 0 else b""
         headers, _ = parse_header_lines(_header_lines(complete, problems), limits, problems)
