@@ -73,6 +73,10 @@ class Limits:
     answer_at_request_line: frozenset[Problem] = frozenset(
         {Problem.MALFORMED_REQUEST_LINE, Problem.BAD_METHOD, Problem.BAD_VERSION}
     )
+    # nginx 1.22 and Express 4 (llhttp) answer 400 as soon as a byte that cannot be part of a
+    # method arrives, before any line end (nmap's binary probes); Apache 2.4 waits for the line.
+    # True: the parser returns a BAD_METHOD request (framing_intact=False) at that byte.
+    answer_bad_method_byte_at_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -275,6 +275,12 @@ class RequestParser:
         if lf < 0:
             if len(buf) >= self._line_window or (len(buf) == self._line_window - 1 and buf[-1] != 13):
                 return self._cut_request_line(buf)
+            if limits.answer_bad_method_byte_at_once and buf != b"\r":
+                space = buf.find(b" ")
+                method = buf if space < 0 else buf[:space]
+                if method.translate(None, TCHARS):
+                    problems = {Problem.BAD_METHOD}
+                    return self._stop(buf, buf, method, b"", None, _EMPTY_HEADERS, problems, self._skipped)
             return None
         end = lf - 1 if lf and buf[lf - 1] == 13 else lf
         line = buf[:end]

@@ -433,3 +433,22 @@ def test_random_mutations_never_raise() -> None:
                 pass
             assert parser.buffered <= bound + step
             assert parser.phase in ("idle", "head", "body")
+
+
+@pytest.mark.parametrize(
+    ("sent", "answered"),
+    [(b"\x80\x00\x01", True), (b"GE@", True), (b"GET /a\x00", False), (b"\r", False), (b"GET", False)],
+)
+def test_bad_method_byte_at_once(sent: bytes, answered: bool) -> None:
+    """With answer_bad_method_byte_at_once, a non-token byte before the first SP is answered before any LF."""
+    limits = replace(LIMITS, answer_bad_method_byte_at_once=True)
+    parser = RequestParser(limits)
+    parser.feed(sent)
+    request = parser.next_request()
+    assert (request is not None) is answered
+    if request is not None:
+        assert request.problems == {P.BAD_METHOD}
+        assert not request.framing_intact
+    waiting = RequestParser(LIMITS)
+    waiting.feed(sent)
+    assert waiting.next_request() is None  # without the flag the parser waits for the line end
