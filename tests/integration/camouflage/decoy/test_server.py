@@ -56,6 +56,12 @@ class PathResponder:
             return self._slow(request)
         if target == b"/raise":
             raise RuntimeError("responder bug")
+        if target == b"/slow-raise":
+            return self._slow_raise()
+        if target == b"/slow-not-a-reply":
+            return self._not_a_reply()
+        if target == b"/stream-raise":
+            return Reply(data=b"S0", stream=self._broken_stream())
         if target == b"/trickle":
             return Reply(data=b"T1", trickle=((0.01, b"T2"), (0.01, b"T3")))
         if target == b"/stream" or target == b"/endless":
@@ -65,6 +71,17 @@ class PathResponder:
         if Problem.HTTP09 in request.problems:
             return Reply(data=b"bare body\n", close=True)
         return Reply(data=answer(request), close=request.header(b"connection") == b"close")
+
+    async def _slow_raise(self) -> Reply:
+        await asyncio.sleep(0)
+        raise RuntimeError("slow responder bug")
+
+    async def _not_a_reply(self) -> Reply:
+        return b"raw"  # type: ignore[return-value]
+
+    async def _broken_stream(self) -> AsyncIterator[bytes]:
+        yield b"S1"
+        raise RuntimeError("upstream broke")
 
     async def _slow(self, request: Request) -> Reply:
         await asyncio.sleep(0.05)
@@ -406,3 +423,57 @@ def test_on_uvloop() -> None:
             await server.stop()
 
     assert run(scenario()) == (answer_for("/a") + answer_for("/slow") + b"S0S1S2S3" + answer_for("/b"), True)
+
+
+@pytest.mark.parametrize(
+    ("path", "written", "kind"),
+    [
+        ("/slow-raise", b"", RuntimeError),
+        ("/slow-not-a-reply", b"", TypeError),
+        ("/stream-raise", b"S0S1", RuntimeError),
+    ],
+)
+async def test_slow_reply_errors_reported_and_reset(
+    decoy: tuple[DecoyServer, PathResponder, list[Any]], path: str, written: bytes, kind: type[Exception]
+) -> None:
+    """An awaited reply or a stream that fails reaches the loop's exception handler; the connection is reset."""
+    server, _, errors = decoy
+    data, closed = await talk(server.port, get("/a") + get(path) + get("/b"))
+    assert data == answer_for("/a") + written
+    assert closed
+    assert [type(e["exception"]) for e in errors] == [kind]
+    assert server.stats.responder_errors == 1
+
+
+class BrokenTimeout(PathResponder):
+    def timeout(self, phase: TimeoutPhase, *, partial: bytes, conn: Connection) -> Reply | None:
+        raise RuntimeError("timeout bug")
+
+
+async def test_timeout_error_reported_and_reset() -> None:
+    """An exception in Responder.timeout reaches the loop's exception handler and resets the connection."""
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    server = await serve(BrokenTimeout())
+    try:
+        assert await talk(server.port, b"GET / HTTP/1.1\r\n") == (b"", True)
+        assert [str(e["exception"]) for e in errors] == ["timeout bug"]
+    finally:
+        await server.stop(grace_seconds=1.0)
+
+
+async def test_pipelined_input_bounded_while_busy(decoy: tuple[DecoyServer, PathResponder, list[Any]]) -> None:
+    """While a slow reply is pending, input past the pipeline bound pauses reading; every request is still answered in order."""
+    server, responder, _ = decoy
+    responder._limits = Limits(**{**_fields(LIMITS), "keepalive_requests_max": 10_000})
+    paths = [f"/p{i:05d}" + "x" * 200 for i in range(600)]
+    data, _ = await talk(server.port, get("/slow") + b"".join(get(p) for p in paths), seconds=1.5)
+    assert data == answer_for("/slow") + b"".join(answer_for(p) for p in paths)
+
+
+async def test_serve_rejects_bad_bounds() -> None:
+    """A server cannot be made with no connections or non-positive timeouts."""
+    with pytest.raises(ValueError, match="connections_max"):
+        await serve(PathResponder(), connections_max=0)
+    with pytest.raises(ValueError, match="timeouts must be positive"):
+        await serve(PathResponder(), send_timeout_seconds=0)
