@@ -12,7 +12,9 @@ Scenarios (one function each, so that the gateway's can be added beside them):
 Each scenario runs wrk (1 thread, keep-alive, ``--latency``) for ``--seconds`` after a one-second
 warm-up, on loopback. Prints responses/s, p50 and p99 per scenario, then decoy/nginx, against the
 targets of issue #7: >= 10,000 responses/s, p99 <= 5 ms, >= 0.25x nginx. Before measuring, the
-two 404s are fetched once and compared (Date aside) so that both serve the same bytes.
+two 404s are fetched once and compared (Date aside) so that both serve the same bytes. A first
+line prints the parser's own cost per request. ``BENCH_FREEZE=1`` freezes the decoy's heap after
+loading (``gc.freeze()``).
 """
 
 from __future__ import annotations
@@ -244,6 +246,32 @@ def wrk(port: int, *, seconds: int, connections: int) -> tuple[float, float, flo
     return rps, latency["50"], latency["99"], errors
 
 
+def parser_micro(rounds: int = 100_000) -> dict[str, float]:
+    """Microseconds per request of ``RequestParser`` alone (feed + next_request), in this process."""
+    from feint.camouflage.decoy.http import RequestParser
+
+    limits = FixedResponder(b"").limits
+    kinds = {
+        "wrk": f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n".encode(),
+        "browser": (
+            b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n"
+            b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0\r\n"
+            b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+            b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n"
+            b"Connection: keep-alive\r\nCookie: a=b; c=d\r\nUpgrade-Insecure-Requests: 1\r\n\r\n"
+        ),
+    }
+    out: dict[str, float] = {}
+    for kind, data in kinds.items():
+        parser = RequestParser(limits)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            parser.feed(data)
+            parser.next_request()
+        out[kind] = (time.perf_counter() - started) / rounds * 1e6
+    return out
+
+
 def scenario_nginx(args: argparse.Namespace, tmp: Path) -> Figures:
     """Debian nginx, one worker."""
     with nginx(tmp) as port:
@@ -295,6 +323,8 @@ def main(argv: list[str]) -> int:
         if not shutil.which(tool) and not Path(tool).exists():
             raise SystemExit(f"{tool} is missing (apt-get install wrk nginx)")
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min), {os.cpu_count()} cpus")
+    micro = parser_micro()
+    print("parser alone: " + ", ".join(f"{kind} request {us:.1f} us" for kind, us in micro.items()))
     results: dict[str, Figures] = {}
     with tempfile.TemporaryDirectory(prefix="feint-bench-camouflage-") as name:
         tmp = Path(name)
