@@ -62,7 +62,10 @@ class Limits:
     header_bytes_max: int
     header_count_max: int
     body_bytes_max: int
-    header_timeout_seconds: float  # the whole head must arrive in this time (slowloris)
+    # The whole head must arrive in this time (slowloris): counted from the accept for the first
+    # request of a connection (nginx's client_header_timeout; nothing sent: phase "head" with
+    # partial=b""), from its first byte for a later one.
+    header_timeout_seconds: float
     body_timeout_seconds: float  # between two reads of a body
     keepalive_timeout_seconds: float  # idle time between requests on one connection
     keepalive_requests_max: int  # requests on one connection before the server closes it

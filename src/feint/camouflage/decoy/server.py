@@ -142,7 +142,9 @@ class _DecoyProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
         self._peer = _address(transport.get_extra_info("peername"))
         self._local = _address(transport.get_extra_info("sockname"))
-        self._arm("idle", self._limits.keepalive_timeout_seconds)
+        # The first request's head is timed from the accept, as nginx's client_header_timeout:
+        # a connection that sends nothing times out in phase "head" with partial=b"".
+        self._arm("head", self._limits.header_timeout_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is None or self not in self._server.connections:
@@ -204,14 +206,7 @@ class _DecoyProtocol(asyncio.Protocol):
             request = parser.next_request()
             if request is None:
                 break
-            conn = Connection(
-                peer_host=self._peer[0],
-                peer_port=self._peer[1],
-                local_host=self._local[0],
-                local_port=self._local[1],
-                requests_served=self._served,
-                tls=self._tls,
-            )
+            conn = self._connection()
             self._served += 1
             self._stats.requests += 1
             try:
@@ -243,6 +238,16 @@ class _DecoyProtocol(asyncio.Protocol):
                     return
         self._write(out)
         self._after_reads()
+
+    def _connection(self) -> Connection:
+        return Connection(
+            peer_host=self._peer[0],
+            peer_port=self._peer[1],
+            local_host=self._local[0],
+            local_port=self._local[1],
+            requests_served=self._served,
+            tls=self._tls,
+        )
 
     def _must_close(self, reply: Reply, request: Request) -> bool:
         return (
@@ -441,16 +446,8 @@ class _DecoyProtocol(asyncio.Protocol):
         if phase == "send" or self._closed:
             transport.abort()
             return
-        conn = Connection(
-            peer_host=self._peer[0],
-            peer_port=self._peer[1],
-            local_host=self._local[0],
-            local_port=self._local[1],
-            requests_served=self._served,
-            tls=self._tls,
-        )
         try:
-            reply = self._responder.timeout(phase, partial=self._parser.partial(), conn=conn)
+            reply = self._responder.timeout(phase, partial=self._parser.partial(), conn=self._connection())
         except Exception as exc:  # noqa: BLE001 - reported to the loop's handler, not swallowed
             self._fail(exc, "timeout() raised")
             return

@@ -209,7 +209,7 @@ async def test_keepalive_requests_max(decoy: tuple[DecoyServer, PathResponder, l
     [
         (b"GET / HTTP/1.1\r\nHos", "head", b"408 head"),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc", "body", b"408 body"),
-        (b"", "idle", b""),
+        (b"", "head", b"408 head"),
     ],
 )
 async def test_read_timeouts(
