@@ -221,9 +221,10 @@ class RequestParser:
     @property
     def phase(self) -> Phase:
         """Which read timeout applies while waiting: idle between requests, head, or body."""
-        if self._state == _HEAD:
+        state = self._state
+        if state == _HEAD:
             return "head" if self._buf or self._skipped else "idle"
-        return "body"
+        return "idle" if state == _STOPPED else "body"
 
     @property
     def buffered(self) -> int:

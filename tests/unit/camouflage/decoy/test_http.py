@@ -338,6 +338,7 @@ def test_stopped_parser_drops_input() -> None:
     assert parser.next_request() is None
     assert parser.buffered == 0
     assert parser.stopped
+    assert parser.phase == "idle"
 
 
 def test_answer_at_request_line_is_the_personas_choice() -> None:
