@@ -34,6 +34,21 @@ CONTENT_LENGTH_DIGITS_MAX = 19
 # RFC 9110 section 5.6.2 tchar: deleting these from a name leaves nothing when the name is a token.
 TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 HEX_DIGITS = b"0123456789abcdefABCDEF"
+_FOLD_STARTS = (b" ", b"\t")  # a line starting with one continues the previous field (obs-fold)
+# Methods, versions and field names that need no character check (the hot path's common case).
+_PLAIN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"CONNECT"})
+_PLAIN_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+_PLAIN_NAMES = frozenset(
+    {
+        b"Host", b"User-Agent", b"Accept", b"Accept-Language", b"Accept-Encoding", b"Connection",
+        b"Cookie", b"Referer", b"Content-Type", b"Content-Length", b"Cache-Control", b"Origin",
+        b"Upgrade-Insecure-Requests", b"Authorization", b"Pragma", b"If-None-Match", b"If-Modified-Since",
+        b"X-Forwarded-For", b"Sec-Fetch-Dest", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Sec-Fetch-User",
+        b"DNT", b"TE", b"Range", b"Transfer-Encoding", b"X-Requested-With", b"host", b"user-agent",
+        b"accept", b"accept-encoding", b"accept-language", b"connection", b"cookie", b"content-type",
+        b"content-length",
+    }
+)  # fmt: skip
 _EMPTY_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 _NO_PROBLEMS: frozenset[Problem] = frozenset()
 
@@ -72,7 +87,9 @@ def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes | None, set[Pro
     else:
         problems.add(Problem.MALFORMED_REQUEST_LINE)
         return (parts[0] if parts else b""), b"", None, problems
-    if method.translate(None, TCHARS):
+    if method in _PLAIN_METHODS:
+        pass
+    elif method.translate(None, TCHARS):
         problems.add(Problem.BAD_METHOD)
     elif method.upper() != method:
         problems.add(Problem.LOWERCASE_METHOD)
@@ -80,7 +97,7 @@ def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes | None, set[Pro
         problems.add(Problem.ABSOLUTE_URI)
     if b"\r" in line:
         problems.add(Problem.MALFORMED_REQUEST_LINE)
-    if version is not None:
+    if version is not None and version not in _PLAIN_VERSIONS:
         if len(version) != 8 or version[:5] != b"HTTP/" or version[6] != 46 or not version[5:8:2].isdigit():
             problems.add(Problem.BAD_VERSION)
         elif version[5] != 49:  # major version other than 1: HTTP/2.0, HTTP/3.0, HTTP/0.9
@@ -115,8 +132,7 @@ def parse_header_lines(
     for line in lines:
         if len(line) > line_max:
             problems.add(Problem.HEADER_LINE_TOO_LONG)
-        first = line[:1]
-        if first == b" " or first == b"\t":
+        if line[:1] in _FOLD_STARTS:
             problems.add(Problem.OBS_FOLD)
             if headers:
                 name, value = headers[-1]
@@ -124,14 +140,13 @@ def parse_header_lines(
             else:
                 problems.add(Problem.BAD_HEADER_LINE)
             continue
-        colon = line.find(b":")
-        if colon <= 0:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or not name:
             problems.add(Problem.BAD_HEADER_LINE)
-            headers.append((line, b"") if colon < 0 else (b"", line[1:].strip(b" \t")))
+            headers.append((name, value))
             continue
-        name = line[:colon]
-        value = line[colon + 1 :].strip(b" \t")
-        if name.translate(None, TCHARS) or b"\r" in value:
+        if (name not in _PLAIN_NAMES and name.translate(None, TCHARS)) or b"\r" in value:
             problems.add(Problem.BAD_HEADER_LINE)
         if len(name) == 4 and name.lower() == b"host":
             hosts += 1
