@@ -161,6 +161,9 @@ class Abstractor:
         if method not in _COMMON_WORDS and len(method) >= 3:
             # Apache: "<p>FOO not supported for current URL.<br />"
             text = re.sub(rf"(?<![A-Za-z]){re.escape(method)}(?= not supported)", "{{method}}", text)
+        if len(method) >= 3:
+            # Apache 405: "The requested method PUT is not allowed for this URL."
+            text = text.replace(f"method {method} is not allowed", "method {{method}} is not allowed")
         return text.replace(self.host, "{{host}}")
 
     def _page(self, text: str, status: str) -> str:
@@ -342,7 +345,7 @@ def _heads_like_gets(observations: list[Observation]) -> None:
 def _connection_markers(observations: list[Observation]) -> None:
     """An answer without connection headers (Apache to an HTTP/1.1 client that sent no
     Connection header) takes the marker position of an answer of the same shape that had them."""
-    marked = {}
+    marked: dict[tuple[Any, ...], list[Any]] = {}
     for obs in observations:
         headers = obs.template["headers"]
         if CONNECTION_MARKER in headers:
