@@ -138,6 +138,12 @@ class Reply:
     close: bool = False
     trickle: tuple[tuple[float, bytes], ...] = ()
     stream: AsyncIterator[bytes] | None = field(default=None, compare=False)
+    # With close: keep the connection open this long after the reply (write side too), reading
+    # and discarding input, each read restarting the wait, then close. nginx does this when it
+    # closes with a request body unread (lingering_timeout 5 s: measured, a 413 to a huge
+    # Content-Length ends 5.0 s after the reply); Apache half-closes at once. 0: close now
+    # (half-closing first and lingering briefly when input may still arrive).
+    close_delay_seconds: float = 0.0
 
 
 TimeoutPhase = Literal["head", "body", "idle"]

@@ -43,6 +43,7 @@ PIPELINE_BUFFER_BYTES_MAX = 64 * 1024  # input held while busy before reading pa
 SEND_TIMEOUT_SECONDS = 60.0  # nginx send_timeout default: a client that reads nothing is cut
 LINGER_SECONDS_MAX = 5.0  # nginx lingering_timeout default
 LINGER_BYTES_MAX = 1024 * 1024  # input discarded while lingering before the connection is reset
+LINGER_TOTAL_SECONDS_MAX = 30.0  # nginx lingering_time default: a Reply.close_delay_seconds ends by then
 STOP_GRACE_SECONDS = 10.0  # in-flight replies get this long on stop() before connections are reset
 STOP_ABORT_SECONDS = 1.0  # then the resets get this long to be reported
 
@@ -77,6 +78,8 @@ class _DecoyProtocol(asyncio.Protocol):
         "_eof",
         "_limits",
         "_linger_bytes",
+        "_linger_delay",
+        "_linger_end",
         "_lingering",
         "_local",
         "_loop",
@@ -113,6 +116,8 @@ class _DecoyProtocol(asyncio.Protocol):
         self._stopping = False
         self._lingering = False
         self._linger_bytes = 0
+        self._linger_delay = 0.0  # a Reply.close_delay_seconds being honoured: each read restarts it
+        self._linger_end = 0.0
         self._reading_paused = False
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -164,6 +169,8 @@ class _DecoyProtocol(asyncio.Protocol):
             self._linger_bytes += len(data)
             if self._linger_bytes > LINGER_BYTES_MAX and self._transport is not None:
                 self._transport.abort()
+            elif self._linger_delay:
+                self._arm("linger", min(self._linger_delay, self._linger_end - self._loop.time()))
             return
         parser = self._parser
         parser.feed(data)
@@ -229,7 +236,7 @@ class _DecoyProtocol(asyncio.Protocol):
             size += len(reply.data)
             if close:
                 self._write(out)
-                self._close_after(request)
+                self._close_after(request, delay=reply.close_delay_seconds)
                 return
             if size > WRITE_BUFFER_HIGH_BYTES:
                 self._write(out)
@@ -309,7 +316,7 @@ class _DecoyProtocol(asyncio.Protocol):
         self._busy = False
         self._task = None
         if close:
-            self._close_after(request)
+            self._close_after(request, delay=reply.close_delay_seconds)
             return
         self._resume_reading()
         self._answer()
@@ -344,12 +351,23 @@ class _DecoyProtocol(asyncio.Protocol):
 
     # -- closing ---------------------------------------------------------------------------------
 
-    def _close_after(self, request: Request) -> None:
+    def _close_after(self, request: Request, *, delay: float) -> None:
         """Close once the reply is written; linger when the client may still be sending."""
-        if self._transport is None or self._closed:
+        transport = self._transport
+        if transport is None or self._closed:
             return
         if not request.framing_intact:
             self._stats.framing_lost += 1
+        if delay > 0 and not self._eof:
+            # The persona's delayed close (nginx's lingering close): the write side stays open.
+            self._closed = True
+            self._stats.lingering_closes += 1
+            self._lingering = True
+            self._linger_delay = delay
+            self._linger_end = self._loop.time() + LINGER_TOTAL_SECONDS_MAX
+            self._resume_reading()
+            self._arm("linger", min(delay, LINGER_TOTAL_SECONDS_MAX))
+            return
         self._close(linger=not request.framing_intact or self._parser.buffered > 0)
 
     def _close(self, *, linger: bool) -> None:

@@ -56,6 +56,8 @@ class PathResponder:
             return self._slow(request)
         if target == b"/raise":
             raise RuntimeError("responder bug")
+        if target == b"/delayed-close":
+            return Reply(data=answer(request), close=True, close_delay_seconds=1.0)
         if target == b"/slow-raise":
             return self._slow_raise()
         if target == b"/slow-not-a-reply":
@@ -477,3 +479,19 @@ async def test_serve_rejects_bad_bounds() -> None:
         await serve(PathResponder(), connections_max=0)
     with pytest.raises(ValueError, match="timeouts must be positive"):
         await serve(PathResponder(), send_timeout_seconds=0)
+
+
+async def test_delayed_close_keeps_the_write_side_open(decoy: tuple[DecoyServer, PathResponder, list[Any]]) -> None:
+    """A reply with close_delay_seconds leaves the connection open after it (input discarded), then closes."""
+    server, _, _ = decoy
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(get("/delayed-close") + get("/discarded"))
+    expected = answer_for("/delayed-close")
+    assert await asyncio.wait_for(reader.readexactly(len(expected)), READ_SECONDS) == expected
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.2)  # no FIN yet: nginx's lingering close
+    writer.write(b"more input, discarded")
+    assert await asyncio.wait_for(reader.read(), READ_SECONDS) == b""
+    assert server.stats.requests == 1
+    assert server.stats.lingering_closes == 1
+    writer.close()
