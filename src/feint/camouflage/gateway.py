@@ -78,6 +78,8 @@ UNFORWARDABLE: Final = frozenset(
     }
 )
 FALLBACK_SESSIONS_MAX: Final = 100_000
+# Windows of addresses live beside those of clients, under this prefix (client keys are hex).
+ADDRESS_PREFIX: Final = "ip:"
 
 UPSTREAM_ERRORS = Counter("feint_gateway_upstream_errors_total", "Upstream failures answered 502/504.", ["reason"])
 THREAT_LEVELS = Histogram(
@@ -231,6 +233,7 @@ class Gateway:
             raise InvariantViolated("the gateway has no rules loaded")
         record = threat.record_of(request, request_id=str(uuid.uuid4()), client_ip=client_ip)
         window = await self.clients.get(key)
+        address = await self.clients.get(ADDRESS_PREFIX + client_ip)
         window.seen(now, record.cs_uri_stem or "")
         if self.honeytokens is not None:
             window.honeytokens += self.honeytokens(request, client_ip, key)
@@ -241,7 +244,7 @@ class Gateway:
             hits=hits,
             problems=request.problems,
             user_agent=record.cs_user_agent,
-            history=threat.behaviour(window, now=now),
+            history=threat.behaviour(window, now=now) + threat.address_behaviour(address, now=now, key=key),
         )
         THREAT_LEVELS.observe(assessment.level)
         session = self.diverter.sticky(key)
@@ -252,6 +255,8 @@ class Gateway:
             or request.version is None
             or bool(request.problems & UNFORWARDABLE)
         )
+        address.events.append((now, key, 1 if divert else 0))
+        self.clients.put(ADDRESS_PREFIX + client_ip, address)
         latency = (time.perf_counter() - started) * 1e6
         return Judgement(record, key, head_fingerprint, window, assessment, divert, session, loaded, latency)
 

@@ -96,6 +96,11 @@ BREADTH_POINTS: Final = 2.0
 BREADTH_EXTREME_POINTS: Final = 4.0
 DECOY_PATH_POINTS: Final = 6.0
 HONEYTOKEN_POINTS: Final = 10.0
+# The client's address: other clients (keys) from it that were diverted in the window. A tool
+# that varies its user agent or header order gets a new key, not a clean slate; a browser behind
+# the same NAT stays below the threshold on this signal alone.
+ADDRESS_DIVERTED_MIN: Final = 5
+ADDRESS_DIVERTED_POINTS: Final = 4.0
 NOT_FOUND: Final = 404
 
 _BROWSER: Final = re.compile(r"^Mozilla/5\.0 \(.+\) (AppleWebKit|Gecko)/", re.ASCII)
@@ -321,6 +326,16 @@ def behaviour(window: ClientWindow, *, now: float) -> list[Reason]:
     carried = {key: weight for _, key, weight in window.carried}  # each rule once, its latest weight
     reasons.extend(Reason("response-rule", weight, key) for key, weight in carried.items())
     return reasons
+
+
+def address_behaviour(window: ClientWindow, *, now: float, key: str) -> list[Reason]:
+    """Points from the other clients of the same address (``window`` holds, per request of the
+    address, ``(time, client key, 1 if diverted else 0)``)."""
+    window.expire(now)
+    diverted = sum(flag for _, other, flag in window.events if other != key)
+    if diverted < ADDRESS_DIVERTED_MIN:
+        return []
+    return [Reason("address", ADDRESS_DIVERTED_POINTS, f"{diverted} diverted requests of other clients")]
 
 
 def assess(
