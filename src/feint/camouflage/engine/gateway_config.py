@@ -6,6 +6,7 @@ them; a bad value stops start-up with one line naming the variable (`ConfigError
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -47,11 +48,13 @@ class MeteringSettings(BaseSettings):
     mode: Literal["off", "open", "closed"] = Field(
         "off",
         description="`off`: no charge; `open`: charge, keep serving when credits is unreachable or the tenant "
-        "is out of credits; `closed`: refuse (503/402) then.",
+        "is out of credits; `closed`: answer 503 then.",
     )
     credits_url: str = Field("http://127.0.0.1:5004", description="Credits API the gateway charges through.")
     operator_key: str | None = Field(None, repr=False, description="Operator API key for the credits API.")
-    account: str = Field("usage", description="The tenant's credits account that protected requests are charged to.")
+    account: uuid.UUID | None = Field(
+        None, description="Id of the tenant's credits account each protected request is charged to (one credit)."
+    )
     window_seconds: float = Field(5.0, gt=0, le=3600, description="One hold per window, captured with the count.")
     hold_credits: int = Field(10_000, gt=0, description="Credits held per window (a new hold when they run out).")
 
