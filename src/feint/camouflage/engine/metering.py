@@ -73,7 +73,9 @@ class Metering:
     ) -> None:
         if settings.operator_key is None or settings.account is None:
             raise ConfigError(
-                "FEINT_METERING_OPERATOR_KEY", "and FEINT_METERING_ACCOUNT must be set", "an operator key and account id"
+                "FEINT_METERING_OPERATOR_KEY",
+                "and FEINT_METERING_ACCOUNT must be set when metering is on",
+                "an operator key and an account id",
             )
         self.settings = settings
         self.tenant_id = tenant_id
