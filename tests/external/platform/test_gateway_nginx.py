@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -119,3 +120,21 @@ async def test_pass_through_is_faithful(nginx: str) -> None:
         missing = await client.get("/nope")
         assert missing.status_code == 404
         assert "nginx" in missing.text
+
+
+async def test_nmap_version_scan_meets_the_decoy(nginx: str, tmp_path: Path) -> None:
+    """nmap -sV against the gateway: its probes are answered by the decoy; nginx never sees them."""
+    binary = debian_tool("nmap", "nmap")
+    async with gateway_in_front_of(nginx) as base:
+        port = base.rsplit(":", 1)[1]
+        out = tmp_path / "nmap.txt"
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-sV", "--version-light", "-Pn", "-n", "-p", port, "-oN", str(out), "127.0.0.1",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(120):
+            await proc.wait()
+    report = out.read_text()
+    assert f"{port}/tcp open" in report and "http" in report
+    access = (tmp_path / "access.log").read_text() if (tmp_path / "access.log").exists() else ""
+    assert "Nmap" not in access and "nmap" not in access
