@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import ssl
 import uuid
 from collections.abc import Callable, Mapping
@@ -209,14 +208,9 @@ class MinimalNginx:
 
 
 def decoy_personas() -> Mapping[str, Responder]:
-    """The personas decoys are played with: the decoy library's when it provides ``responders()``,
-    else `MinimalNginx`."""
-    try:
-        persona = importlib.import_module("feint.camouflage.decoy.persona")
-    except ImportError:
-        return {"nginx": MinimalNginx()}
-    responders = getattr(persona, "responders", None)
-    if responders is None:
-        return {"nginx": MinimalNginx()}
-    found: Mapping[str, Responder] = responders()
-    return found
+    """Every persona of the decoy library (``decoy/personas``), each played by its responder;
+    `MinimalNginx` only when the library has none."""
+    from feint.camouflage.decoy import persona, responder
+
+    found: dict[str, Responder] = {name: responder.PersonaResponder(persona.load(name)) for name in persona.available()}
+    return found or {"nginx": MinimalNginx()}
