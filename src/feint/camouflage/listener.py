@@ -29,6 +29,7 @@ from feint.camouflage.engine.gateway_config import (
     MeteringSettings,
     load_gateway_settings,
     load_metering_settings,
+    trusted_networks,
 )
 from feint.camouflage.engine.rulesource import RuleReloader
 from feint.camouflage.engine.upstream import Upstream
@@ -127,6 +128,7 @@ class GatewayListener:
             tenant_id=tenant_id,
             divert_threshold=settings.divert_threshold,
             meter=meter,
+            trusted_proxies=trusted_networks(settings.trusted_proxies),
             honeytokens=self._honeytokens(watch),
         )
         return gateway, [book, rules, decisions, meter]

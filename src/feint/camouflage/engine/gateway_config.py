@@ -6,6 +6,7 @@ them; a bad value stops start-up with one line naming the variable (`ConfigError
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -34,12 +35,32 @@ class GatewaySettings(BaseSettings):
     divert_threshold: int = Field(
         5, ge=1, le=10, description="Threat level (0-10) at which a request is answered by a decoy."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs of proxies whose X-Real-IP/X-Forwarded-For name the client and which "
+        "may ask for decisions at /.feint/authz (nginx auth_request, Envoy ext_authz); empty: none.",
+    )
     decision_log: Path | None = Field(
         None, description="JSON-lines file every decision is appended to (what `feint shadow ingest` reads)."
     )
     decision_queue_max: int = Field(
         10_000, gt=0, le=1_000_000, description="Decisions waiting to be written; beyond, they are dropped and counted."
     )
+
+
+def trusted_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The networks of ``FEINT_GATEWAY_TRUSTED_PROXIES``; ConfigError naming a bad one."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "FEINT_GATEWAY_TRUSTED_PROXIES", f"{part!r} is not a network", "CIDRs, comma-separated"
+            ) from None
+    return tuple(networks)
 
 
 class MeteringSettings(BaseSettings):
