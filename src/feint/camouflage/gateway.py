@@ -303,7 +303,7 @@ class Gateway:
             or request.version is None
             or bool(request.problems & UNFORWARDABLE)
         )
-        address.events.append((now, key, 1 if divert else 0))
+        address.mark(now, key, diverted=divert)
         self.clients.put(ADDRESS_PREFIX + client_ip, address)
         latency = (time.perf_counter() - started) * 1e6
         return Judgement(record, key, head_fingerprint, window, assessment, divert, session, loaded, latency)
