@@ -60,7 +60,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def nginx(tmp: Path, name: str, body: str) -> tuple[subprocess.Popen[bytes], int]:
+def nginx(tmp: Path, name: str, body: str, *, http: str = "") -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     root = tmp / name
     root.mkdir()
@@ -76,6 +76,7 @@ def nginx(tmp: Path, name: str, body: str) -> tuple[subprocess.Popen[bytes], int
             events {{ worker_connections 1024; }}
             http {{
                 access_log off;
+                {http}
                 client_body_temp_path {root};
                 proxy_temp_path {root};
                 fastcgi_temp_path {root};
@@ -225,17 +226,9 @@ def main() -> None:
         proxy, proxy_port = nginx(
             tmp,
             "proxy",
-            f"location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}",
+            'location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }',
+            http=f"upstream up {{ server 127.0.0.1:{direct_port}; keepalive 64; }}",
         )
-        proxy_conf = tmp / "proxy" / "nginx.conf"
-        proxy_conf.write_text(
-            proxy_conf.read_text().replace(
-                "http {", f"http {{ upstream up {{ server 127.0.0.1:{direct_port}; keepalive 64; }}", 1
-            )
-        )
-        proxy.terminate()
-        proxy.wait()
-        proxy = subprocess.Popen(["/usr/sbin/nginx", "-c", str(proxy_conf), "-p", str(tmp / "proxy")])
         gateway_port = free_port()
         child = subprocess.Popen(
             [sys.executable, __file__, "--serve-gateway", str(direct_port), str(gateway_port)],
@@ -266,7 +259,8 @@ def main() -> None:
             proxy.terminate()
         print(f"wrk -t1 -c{args.connections} -d{args.seconds}s (and -c1 where named):")
         for name, figures in runs.items():
-            print(f"  {name:<20} {figures['rps']:9.0f} req/s   p50 {figures['p50']:7.3f} ms   p99 {figures['p99']:7.3f} ms")
+            rps, p50, p99 = figures["rps"], figures["p50"], figures["p99"]
+            print(f"  {name:<20} {rps:9.0f} req/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms")
         gw, px = runs["feint gateway"], runs["nginx proxy_pass"]
         one, direct_one = runs["gateway, 1 conn"], runs["nginx direct, 1 conn"]
         print(f"gateway added latency p50 (1 connection): {one['p50'] - direct_one['p50']:.3f} ms (target <= 1 ms)")
