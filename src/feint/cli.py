@@ -168,12 +168,13 @@ def serve(
                 from feint.camouflage.listener import GatewayListener
 
                 if settings.upstream_url is None:
-                    raise ConfigError("FEINT_UPSTREAM_URL", "is not set", "the application the gateway protects")
-                servers.append(
-                    GatewayListener.for_platform(
-                        platform, upstream_url=settings.upstream_url, port=gateway_port or settings.gateway_port
+                    err.print("[yellow]FEINT_UPSTREAM_URL is not set: the management API only, no gateway[/yellow]")
+                else:
+                    servers.append(
+                        GatewayListener.for_platform(
+                            platform, upstream_url=settings.upstream_url, port=gateway_port or settings.gateway_port
+                        )
                     )
-                )
             asyncio.run(serve_all(servers))
 
     _guard(body)
