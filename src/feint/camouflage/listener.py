@@ -129,6 +129,7 @@ class GatewayListener:
             divert_threshold=settings.divert_threshold,
             meter=meter,
             trusted_proxies=trusted_networks(settings.trusted_proxies),
+            decoy_paths=bait_paths(),
             honeytokens=self._honeytokens(watch),
         )
         return gateway, [book, rules, decisions, meter]
@@ -216,3 +217,14 @@ def decoy_personas() -> Mapping[str, Responder]:
 
     found: dict[str, Responder] = {name: responder.PersonaResponder(persona.load(name)) for name in persona.available()}
     return found or {"nginx": MinimalNginx()}
+
+
+def bait_paths() -> frozenset[str]:
+    """Paths only decoys serve: the persona site files that carry honeytokens (``/.env``,
+    ``/backup/db-backup.sql`` ...). A client asking for one outside a decoy session read a decoy
+    or guessed like a scanner; either way it adds `threat.DECOY_PATH_POINTS`."""
+    from feint.camouflage.decoy import persona
+
+    return frozenset(
+        path for name in persona.available() for path, data in persona.load(name).site.items() if b"{{token:" in data
+    )

@@ -131,3 +131,13 @@ async def test_authz_endpoint_for_trusted_proxy(gw: Running) -> None:
     gw.gateway.trusted_proxies = (ipaddress.ip_network("10.0.0.0/8"),)
     untrusted = await exchange(gw.port, ask % (b"/shop", BROWSER, b""))
     assert b"X-Echo: 1" in untrusted  # not a proxy we trust: an ordinary request, forwarded
+
+
+async def test_bait_path_diverts(gw: Running) -> None:
+    """A path only decoys serve (a honeytoken file) is enough to divert a browser."""
+    from feint.camouflage.listener import bait_paths
+
+    gw.gateway.decoy_paths = bait_paths()
+    assert "/.env" in gw.gateway.decoy_paths
+    answer = await exchange(gw.port, _get(b"/.env"))
+    assert answer.endswith(DECOY_BODY) and gw.upstream.requests == []
