@@ -35,10 +35,10 @@ import ipaddress
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import Counter, Histogram
 
@@ -119,6 +119,14 @@ class Diverter(Protocol):
     async def answer(
         self, *, client_key: str, threat: int, request: Request, conn: Connection
     ) -> tuple[Session, Reply]: ...
+
+
+class ThreatAlerts(Protocol):
+    """Where a high threat is alerted (the learning side's EventSink: event 8006, threat >= 9)."""
+
+    def emit_threat(
+        self, *, tenant_id: uuid.UUID | None, threat: int, src_host: str, client_key: str, details: Mapping[str, Any]
+    ) -> object: ...
 
 
 class Meter(Protocol):
@@ -203,6 +211,7 @@ class Gateway:
         honeytokens: Callable[[Request, str, str], int] | None = None,
         decoy_paths: frozenset[str] = frozenset(),
         trusted_proxies: tuple[IPNetwork, ...] = (),
+        alerts: ThreatAlerts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upstream = upstream
@@ -216,6 +225,7 @@ class Gateway:
         self.honeytokens = honeytokens
         self.decoy_paths = decoy_paths
         self.trusted_proxies = trusted_proxies
+        self.alerts = alerts
         self.clock = clock
 
     @property
@@ -321,6 +331,14 @@ class Gateway:
         return await self._forward(judged, request, conn)
 
     async def _divert(self, judged: Judgement, request: Request, conn: Connection) -> Reply:
+        if self.alerts is not None and judged.session is None:  # once, when a session starts
+            self.alerts.emit_threat(
+                tenant_id=self.tenant_id,
+                threat=judged.assessment.level,
+                src_host=judged.record.c_ip or "",
+                client_key=judged.key,
+                details={"decision": judged.record.id, "explanation": judged.assessment.explanation()},
+            )
         session, reply = await self.diverter.answer(
             client_key=judged.key, threat=judged.assessment.level, request=request, conn=conn
         )

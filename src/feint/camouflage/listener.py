@@ -130,6 +130,7 @@ class GatewayListener:
             meter=meter,
             trusted_proxies=trusted_networks(settings.trusted_proxies),
             decoy_paths=bait_paths(),
+            alerts=book.events,
             honeytokens=self._honeytokens(watch),
         )
         return gateway, [book, rules, decisions, meter]

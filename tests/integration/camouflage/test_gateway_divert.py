@@ -141,3 +141,17 @@ async def test_bait_path_diverts(gw: Running) -> None:
     assert "/.env" in gw.gateway.decoy_paths
     answer = await exchange(gw.port, _get(b"/.env"))
     assert answer.endswith(DECOY_BODY) and gw.upstream.requests == []
+
+
+async def test_high_threat_alerted_once_per_session(gw: Running) -> None:
+    """A client diverted at threat >= 9 raises one alert when its session starts, not one per request."""
+    alerts: list[dict[str, object]] = []
+
+    class Recorder:
+        def emit_threat(self, **fields: object) -> None:
+            alerts.append(fields)
+
+    gw.gateway.alerts = Recorder()
+    for _ in range(3):
+        await exchange(gw.port, _get(b"/?id=1+union+select+2", agent=b"sqlmap/1.7"))
+    assert len(alerts) == 1 and alerts[0]["threat"] == 10
