@@ -35,3 +35,12 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEINT_METERING_MODE", "sometimes")
     with pytest.raises(ConfigError, match="FEINT_METERING_MODE"):
         load_metering_settings()
+
+
+def test_trusted_proxies_parsed() -> None:
+    """CIDRs and single addresses are read; a bad entry names the variable."""
+    from feint.camouflage.engine.gateway_config import trusted_networks
+
+    assert [str(n) for n in trusted_networks("127.0.0.1, 10.0.0.0/8,,::1")] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="FEINT_GATEWAY_TRUSTED_PROXIES"):
+        trusted_networks("10.0.0.0/8, nonsense")
