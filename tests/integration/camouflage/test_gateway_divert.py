@@ -155,3 +155,19 @@ async def test_high_threat_alerted_once_per_session(gw: Running) -> None:
     for _ in range(3):
         await exchange(gw.port, _get(b"/?id=1+union+select+2", agent=b"sqlmap/1.7"))
     assert len(alerts) == 1 and alerts[0]["threat"] == 10
+
+
+async def test_response_rule_counts_for_next_requests(gw: Running) -> None:
+    """A 500 answering a quote in the query fires the post-response rule; its weight carries to the
+    client's next request (seen in that decision's explanation)."""
+    agent = b"curl/8.5.0"
+    first = await exchange(gw.port, _get(b"/fail?name=o'brien", agent=agent))
+    assert first.startswith(b"HTTP/1.1 500 ")  # forwarded: a quote alone is no threat
+    await exchange(gw.port, _get(b"/ok", agent=agent))
+    for _ in range(50):
+        if gw.decisions.written >= 2:
+            break
+        await asyncio.sleep(0.05)
+    lines = [json.loads(line) for line in gw.log_path.read_text().splitlines()]
+    carried = [r for r in lines[-1]["explanation"] if r["signal"] == "response-rule"]
+    assert carried and carried[0]["points"] == 4.0

@@ -39,7 +39,7 @@ async def _handle(state: RawUpstream, reader: asyncio.StreamReader, writer: asyn
             body = await reader.readexactly(length) if length else b""
             raw = head + body
             state.requests.append(raw)
-            target = head.split(b" ", 2)[1]
+            target = head.split(b" ", 2)[1].split(b"?", 1)[0]
             if target == b"/chunked":
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
