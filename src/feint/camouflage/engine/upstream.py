@@ -225,11 +225,14 @@ class Upstream:
     async def forward(self, request: Request, *, client_ip: str) -> Answer:
         """Send ``request`` upstream and return its answer for the client; UpstreamFailed otherwise."""
         payload = request_bytes(request, client_ip=client_ip, default_host=self.host_header)
-        try:
-            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_SECONDS):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise UpstreamFailed(reason="all upstream connections busy", timeout=True) from exc
+        if self._slots.locked():  # only then can acquiring wait; skip the timer otherwise
+            try:
+                async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_SECONDS):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise UpstreamFailed(reason="all upstream connections busy", timeout=True) from exc
+        else:
+            await self._slots.acquire()
         handed_over = False
         try:
             conn = await self._connect()
