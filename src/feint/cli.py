@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feint import __version__
+from feint.camouflage.cli import camouflage_app
 from feint.credits.cli import credits_app
 from feint.errors import ConfigError, FeintError
 from feint.platform import keys as keys_mod
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(rules_app, name="rules")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(camouflage_app, name="camouflage")
 
 err = Console(stderr=True)
 out = Console()

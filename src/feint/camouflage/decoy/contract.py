@@ -62,7 +62,10 @@ class Limits:
     header_bytes_max: int
     header_count_max: int
     body_bytes_max: int
-    header_timeout_seconds: float  # the whole head must arrive in this time (slowloris)
+    # The whole head must arrive in this time (slowloris): counted from the accept for the first
+    # request of a connection (nginx's client_header_timeout; nothing sent: phase "head" with
+    # partial=b""), from its first byte for a later one.
+    header_timeout_seconds: float
     body_timeout_seconds: float  # between two reads of a body
     keepalive_timeout_seconds: float  # idle time between requests on one connection
     keepalive_requests_max: int  # requests on one connection before the server closes it
@@ -73,6 +76,10 @@ class Limits:
     answer_at_request_line: frozenset[Problem] = frozenset(
         {Problem.MALFORMED_REQUEST_LINE, Problem.BAD_METHOD, Problem.BAD_VERSION}
     )
+    # nginx 1.22 and Express 4 (llhttp) answer 400 as soon as a byte that cannot be part of a
+    # method arrives, before any line end (nmap's binary probes); Apache 2.4 waits for the line.
+    # True: the parser returns a BAD_METHOD request (framing_intact=False) at that byte.
+    answer_bad_method_byte_at_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)

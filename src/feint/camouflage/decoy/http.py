@@ -34,6 +34,21 @@ CONTENT_LENGTH_DIGITS_MAX = 19
 # RFC 9110 section 5.6.2 tchar: deleting these from a name leaves nothing when the name is a token.
 TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 HEX_DIGITS = b"0123456789abcdefABCDEF"
+_FOLD_STARTS = (b" ", b"\t")  # a line starting with one continues the previous field (obs-fold)
+# Methods, versions and field names that need no character check (the hot path's common case).
+_PLAIN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"CONNECT"})
+_PLAIN_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+_PLAIN_NAMES = frozenset(
+    {
+        b"Host", b"User-Agent", b"Accept", b"Accept-Language", b"Accept-Encoding", b"Connection",
+        b"Cookie", b"Referer", b"Content-Type", b"Content-Length", b"Cache-Control", b"Origin",
+        b"Upgrade-Insecure-Requests", b"Authorization", b"Pragma", b"If-None-Match", b"If-Modified-Since",
+        b"X-Forwarded-For", b"Sec-Fetch-Dest", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Sec-Fetch-User",
+        b"DNT", b"TE", b"Range", b"Transfer-Encoding", b"X-Requested-With", b"host", b"user-agent",
+        b"accept", b"accept-encoding", b"accept-language", b"connection", b"cookie", b"content-type",
+        b"content-length",
+    }
+)  # fmt: skip
 _EMPTY_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 _NO_PROBLEMS: frozenset[Problem] = frozenset()
 
@@ -72,7 +87,9 @@ def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes | None, set[Pro
     else:
         problems.add(Problem.MALFORMED_REQUEST_LINE)
         return (parts[0] if parts else b""), b"", None, problems
-    if method.translate(None, TCHARS):
+    if method in _PLAIN_METHODS:
+        pass
+    elif method.translate(None, TCHARS):
         problems.add(Problem.BAD_METHOD)
     elif method.upper() != method:
         problems.add(Problem.LOWERCASE_METHOD)
@@ -80,7 +97,7 @@ def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes | None, set[Pro
         problems.add(Problem.ABSOLUTE_URI)
     if b"\r" in line:
         problems.add(Problem.MALFORMED_REQUEST_LINE)
-    if version is not None:
+    if version is not None and version not in _PLAIN_VERSIONS:
         if len(version) != 8 or version[:5] != b"HTTP/" or version[6] != 46 or not version[5:8:2].isdigit():
             problems.add(Problem.BAD_VERSION)
         elif version[5] != 49:  # major version other than 1: HTTP/2.0, HTTP/3.0, HTTP/0.9
@@ -115,8 +132,7 @@ def parse_header_lines(
     for line in lines:
         if len(line) > line_max:
             problems.add(Problem.HEADER_LINE_TOO_LONG)
-        first = line[:1]
-        if first == b" " or first == b"\t":
+        if line[:1] in _FOLD_STARTS:
             problems.add(Problem.OBS_FOLD)
             if headers:
                 name, value = headers[-1]
@@ -124,14 +140,13 @@ def parse_header_lines(
             else:
                 problems.add(Problem.BAD_HEADER_LINE)
             continue
-        colon = line.find(b":")
-        if colon <= 0:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or not name:
             problems.add(Problem.BAD_HEADER_LINE)
-            headers.append((line, b"") if colon < 0 else (b"", line[1:].strip(b" \t")))
+            headers.append((name, value))
             continue
-        name = line[:colon]
-        value = line[colon + 1 :].strip(b" \t")
-        if name.translate(None, TCHARS) or b"\r" in value:
+        if (name not in _PLAIN_NAMES and name.translate(None, TCHARS)) or b"\r" in value:
             problems.add(Problem.BAD_HEADER_LINE)
         if len(name) == 4 and name.lower() == b"host":
             hosts += 1
@@ -221,9 +236,10 @@ class RequestParser:
     @property
     def phase(self) -> Phase:
         """Which read timeout applies while waiting: idle between requests, head, or body."""
-        if self._state == _HEAD:
+        state = self._state
+        if state == _HEAD:
             return "head" if self._buf or self._skipped else "idle"
-        return "body"
+        return "idle" if state == _STOPPED else "body"
 
     @property
     def buffered(self) -> int:
@@ -275,6 +291,12 @@ class RequestParser:
         if lf < 0:
             if len(buf) >= self._line_window or (len(buf) == self._line_window - 1 and buf[-1] != 13):
                 return self._cut_request_line(buf)
+            if limits.answer_bad_method_byte_at_once and buf != b"\r":
+                space = buf.find(b" ")
+                method = buf if space < 0 else buf[:space]
+                if method.translate(None, TCHARS):
+                    problems = {Problem.BAD_METHOD}
+                    return self._stop(buf, buf, method, b"", None, _EMPTY_HEADERS, problems, self._skipped)
             return None
         end = lf - 1 if lf and buf[lf - 1] == 13 else lf
         line = buf[:end]
@@ -311,6 +333,9 @@ class RequestParser:
         if b"\x00" in head:
             problems.add(Problem.NUL_BYTE)
         length, chunked, intact = _framing(headers, problems)
+        if Problem.HEADER_LINE_TOO_LONG in problems or Problem.HEADERS_TOO_LARGE in problems:
+            # An oversized head is cut when it arrives in pieces; so it is when it arrives whole.
+            intact = False
         skipped = self._skipped
         self._skipped = 0
         self._skipped_bare_lf = False
@@ -399,11 +424,11 @@ class RequestParser:
         block = buf[lf + 1 :]
         last_lf = block.rfind(b"\n")
         partial_line = len(block) - last_lf - 1
-        if len(block) <= limits.header_bytes_max + 2 and partial_line <= limits.header_line_bytes_max + 1:
+        if len(block) <= limits.header_bytes_max and partial_line <= limits.header_line_bytes_max + 1:
             self._scan_from = max(lf, len(buf) - 2)
             return None
         problems.add(
-            Problem.HEADERS_TOO_LARGE if len(block) > limits.header_bytes_max + 2 else Problem.HEADER_LINE_TOO_LONG
+            Problem.HEADERS_TOO_LARGE if len(block) > limits.header_bytes_max else Problem.HEADER_LINE_TOO_LONG
         )
         complete = block[: last_lf + 1] if last_lf >= 0 else b""
         headers, _ = parse_header_lines(_header_lines(complete, problems), limits, problems)

@@ -127,6 +127,8 @@ class Persona:
     limits: Limits
     connection_keep: tuple[tuple[Template, Template], ...]
     connection_close: tuple[tuple[Template, Template], ...]
+    # HTTP/1.1 without a Connection header: Apache sends no connection headers, nginx the usual.
+    connection_implied: tuple[tuple[Template, Template], ...]
     index_names: tuple[str, ...]
     mime: Mapping[str, str]
     mime_default: str
@@ -139,6 +141,7 @@ class Persona:
     site_mtime: float
     directory: Path
     extends: str | None = None
+    special_paths: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -155,7 +158,7 @@ class Persona:
         return _replace(self, version=version)
 
     def site_index(self) -> SiteIndex:
-        return SiteIndex(files=frozenset(self.site), index_names=self.index_names)
+        return SiteIndex(files=frozenset(self.site), index_names=self.index_names, special=dict(self.special_paths))
 
     def rendered_site(self, fill: TokenFiller) -> dict[str, bytes]:
         """The site tree with every ``{{token:KIND}}`` filled."""
@@ -353,6 +356,9 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         limits=_limits(doc.get("limits"), where),
         connection_keep=tuple(h for h in _headers(connection.get("keep-alive", []), where) if h),
         connection_close=tuple(h for h in _headers(connection.get("close", []), where) if h),
+        connection_implied=tuple(
+            h for h in _headers(connection.get("keep-alive-implied", connection.get("keep-alive", [])), where) if h
+        ),
         index_names=tuple(doc.get("index", ["index.html"])),
         mime={str(k): str(v) for k, v in (doc.get("mime") or {}).items()},
         mime_default=str(doc.get("mime_default", "application/octet-stream")),
@@ -365,6 +371,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         site_mtime=mtime,
         directory=directory,
         extends=doc.get("extends"),
+        special_paths={str(k): str(v) for k, v in (doc.get("special_paths") or {}).items()},
         vars={str(k): str(v) for k, v in (doc.get("vars") or {}).items()},
     )
     if doc.get("name") != directory.name:

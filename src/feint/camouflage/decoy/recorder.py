@@ -33,6 +33,7 @@ from feint.camouflage.decoy.responder import default_filler, encode_path, wants_
 from feint.camouflage.decoy.situation import Situation, situation, split_target
 
 RESPONSES_PER_ANSWER_MAX = 16
+_COMMON_WORDS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
 _KEEPALIVE_MAX = re.compile(r"max=\d+")
 Close = str  # always, by-request, ambiguous (closed, but the client did not ask to keep it)
 
@@ -140,6 +141,7 @@ class Abstractor:
         self.pages: dict[str, str] = {}  # page text -> file name
         self.keep_block: list[list[str]] | None = None
         self.close_block: list[list[str]] | None = None
+        self.implied_block: list[list[str]] | None = None
 
     def _text(self, text: str, request: Request) -> str:
         _, raw_path = split_target(request.target)
@@ -155,6 +157,13 @@ class Abstractor:
             text = text.replace(path, "{{path}}")
             method = request.method.decode("latin-1")
             text = text.replace(f"{method} {{{{path", "{{method}} {{path")
+        method = request.method.decode("latin-1")
+        if method not in _COMMON_WORDS and len(method) >= 3:
+            # Apache: "<p>FOO not supported for current URL.<br />"
+            text = re.sub(rf"(?<![A-Za-z]){re.escape(method)}(?= not supported)", "{{method}}", text)
+        if len(method) >= 3:
+            # Apache 405: "The requested method PUT is not allowed for this URL."
+            text = text.replace(f"method {method} is not allowed", "method {{method}} is not allowed")
         return text.replace(self.host, "{{host}}")
 
     def _page(self, text: str, status: str) -> str:
@@ -201,7 +210,10 @@ class Abstractor:
                 block.append([name, _KEEPALIVE_MAX.sub("max={{keepalive_max}}", value)])
                 continue
             headers.append([name, self._value(low, value, request, spec)])
-        if block:
+        implied = request.version not in (b"HTTP/1.0", None) and request.header(b"connection") is None
+        if not closed and implied and self.implied_block is None:
+            self.implied_block = block
+        elif block:
             if closed and self.close_block is None and any(v.lower() == "close" for _, v in block):
                 self.close_block = block
             if not closed and self.keep_block is None:
@@ -227,15 +239,16 @@ class Abstractor:
         return self._text(value, request)
 
 
-def _agree(group: list[tuple[str, Close]]) -> tuple[str, str] | None:
-    """The common (response, close) of observations sharing a key, or None when they differ."""
-    responses = {r for r, _ in group}
-    if len(responses) != 1:
-        return None
-    closes = {c for _, c in group}
-    if "always" in closes and "by-request" in closes:
-        return None
-    return responses.pop(), ("always" if "always" in closes else "by-request")
+def _agree(group: list[tuple[str, Close]]) -> tuple[str, str]:
+    """The answer most observations sharing a key got (a lone outlier, such as Apache's
+    /server-status seen from loopback, must not erase the rule for every other path)."""
+    counts: dict[str, int] = defaultdict(int)
+    for rid, _ in group:
+        counts[rid] += 1
+    best = max(counts, key=lambda rid: (counts[rid], rid))
+    closes = [c for rid, c in group if rid == best]
+    always, by_request = closes.count("always"), closes.count("by-request")
+    return best, ("always" if always > by_request else "by-request")
 
 
 def learn_rules(observations: list[tuple[Situation, str, Close]]) -> dict[str, dict[str, str]]:
@@ -266,8 +279,6 @@ def learn_rules(observations: list[tuple[Situation, str, Close]]) -> dict[str, d
     for depth in sorted(levels):
         for key in levels[depth]:
             agreed = _agree(by_key[key])
-            if agreed is None:
-                continue
             coarser = list(_coarser(key))
             if lookup(coarser) != agreed:
                 rules[key] = {"response": agreed[0], "close": agreed[1]}
@@ -331,11 +342,29 @@ def _heads_like_gets(observations: list[Observation]) -> None:
             obs.template["body"] = {**like, "send": False}
 
 
+def _connection_markers(observations: list[Observation]) -> None:
+    """An answer without connection headers (Apache to an HTTP/1.1 client that sent no
+    Connection header) takes the marker position of an answer of the same shape that had them."""
+    marked: dict[tuple[Any, ...], list[Any]] = {}
+    for obs in observations:
+        headers = obs.template["headers"]
+        if CONNECTION_MARKER in headers:
+            bare = tuple(tuple(h) for h in headers if h != CONNECTION_MARKER)
+            marked.setdefault((obs.template["status"], bare), headers)
+    for obs in observations:
+        headers = obs.template["headers"]
+        if CONNECTION_MARKER not in headers:
+            like = marked.get((obs.template["status"], tuple(tuple(h) for h in headers)))
+            if like is not None:
+                obs.template["headers"] = list(like)
+
+
 def build(
     observations: list[Observation], abstractor: Abstractor
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]], list[str]]:
     """Response templates by id, rules, and the conflicts (keys whose probes disagreed at full precision)."""
     _heads_like_gets(observations)
+    _connection_markers(observations)
     ids: dict[str, str] = {}
     responses: dict[str, Any] = {}
     triples: list[tuple[Situation, str, Close]] = []
@@ -382,6 +411,8 @@ def write(
         connection["keep-alive"] = abstractor.keep_block
     if abstractor.close_block:
         connection["close"] = abstractor.close_block
+    if abstractor.implied_block is not None:
+        connection["keep-alive-implied"] = abstractor.implied_block
     doc["connection"] = connection
     doc["responses"] = responses
     doc["rules"] = rules

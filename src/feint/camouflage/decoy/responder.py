@@ -130,7 +130,7 @@ class PersonaResponder:
             "method": request.method.decode("latin-1"),
             "path": raw_path.decode("latin-1"),
             "path_encoded": encode_path(raw_path),
-            "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served - 1, 0)),
+            "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
             **self.persona.vars,
         }
         if resolved.path in self._site:
@@ -182,7 +182,12 @@ class PersonaResponder:
         if response.status is None:
             return body
         lines = [response.status]
-        block = self.persona.connection_keep if keep else self.persona.connection_close
+        if not keep:
+            block = self.persona.connection_close
+        elif request.version not in (b"HTTP/1.0", None) and request.header(b"connection") is None:
+            block = self.persona.connection_implied
+        else:
+            block = self.persona.connection_keep
         for header in response.headers:
             pairs = block if header is None else (header,)
             for name, value in pairs:

@@ -25,6 +25,7 @@ to Prometheus) and a graceful ``stop()``. Run it on uvloop with ``run()`` when i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Coroutine
@@ -43,6 +44,7 @@ SEND_TIMEOUT_SECONDS = 60.0  # nginx send_timeout default: a client that reads n
 LINGER_SECONDS_MAX = 5.0  # nginx lingering_timeout default
 LINGER_BYTES_MAX = 1024 * 1024  # input discarded while lingering before the connection is reset
 STOP_GRACE_SECONDS = 10.0  # in-flight replies get this long on stop() before connections are reset
+STOP_ABORT_SECONDS = 1.0  # then the resets get this long to be reported
 
 T = TypeVar("T")
 TimerPhase = Literal["head", "body", "idle", "send", "linger"]
@@ -136,11 +138,13 @@ class _DecoyProtocol(asyncio.Protocol):
             return
         stats.connections_open += 1
         stats.connections_total += 1
-        self._server.connections.add(self)
+        self._server.connection_added(self)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
         self._peer = _address(transport.get_extra_info("peername"))
         self._local = _address(transport.get_extra_info("sockname"))
-        self._arm("idle", self._limits.keepalive_timeout_seconds)
+        # The first request's head is timed from the accept, as nginx's client_header_timeout:
+        # a connection that sends nothing times out in phase "head" with partial=b"".
+        self._arm("head", self._limits.header_timeout_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is None or self not in self._server.connections:
@@ -177,7 +181,7 @@ class _DecoyProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._pause_reading()
-        self._arm("send", SEND_TIMEOUT_SECONDS)
+        self._arm("send", self._server.send_timeout_seconds)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
@@ -202,14 +206,7 @@ class _DecoyProtocol(asyncio.Protocol):
             request = parser.next_request()
             if request is None:
                 break
-            conn = Connection(
-                peer_host=self._peer[0],
-                peer_port=self._peer[1],
-                local_host=self._local[0],
-                local_port=self._local[1],
-                requests_served=self._served,
-                tls=self._tls,
-            )
+            conn = self._connection()
             self._served += 1
             self._stats.requests += 1
             try:
@@ -241,6 +238,16 @@ class _DecoyProtocol(asyncio.Protocol):
                     return
         self._write(out)
         self._after_reads()
+
+    def _connection(self) -> Connection:
+        return Connection(
+            peer_host=self._peer[0],
+            peer_port=self._peer[1],
+            local_host=self._local[0],
+            local_port=self._local[1],
+            requests_served=self._served,
+            tls=self._tls,
+        )
 
     def _must_close(self, reply: Reply, request: Request) -> bool:
         return (
@@ -339,23 +346,31 @@ class _DecoyProtocol(asyncio.Protocol):
 
     def _close_after(self, request: Request) -> None:
         """Close once the reply is written; linger when the client may still be sending."""
+        if self._transport is None or self._closed:
+            return
+        if not request.framing_intact:
+            self._stats.framing_lost += 1
+        self._close(linger=not request.framing_intact or self._parser.buffered > 0)
+
+    def _close(self, *, linger: bool) -> None:
+        """Close after what is written; with ``linger``, half-close first and discard input for a while.
+
+        Closing a socket that still receives makes the kernel answer with a reset, which can
+        destroy the reply before the client reads it; nginx lingers for the same reason.
+        """
         transport = self._transport
-        if transport is None or self._closed:
+        if transport is None:
             return
         self._closed = True
         self._disarm()
-        if request.framing_intact and not self._parser.buffered:
-            transport.close()
-            return
-        self._stats.framing_lost += 0 if request.framing_intact else 1
-        if self._eof or not transport.can_write_eof():
+        if not linger or self._eof or not transport.can_write_eof():
             transport.close()
             return
         self._stats.lingering_closes += 1
         self._lingering = True
         transport.write_eof()
         self._resume_reading()
-        self._arm("linger", LINGER_SECONDS_MAX)
+        self._arm("linger", self._server.linger_seconds)
 
     def _close_now(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -431,23 +446,15 @@ class _DecoyProtocol(asyncio.Protocol):
         if phase == "send" or self._closed:
             transport.abort()
             return
-        conn = Connection(
-            peer_host=self._peer[0],
-            peer_port=self._peer[1],
-            local_host=self._local[0],
-            local_port=self._local[1],
-            requests_served=self._served,
-            tls=self._tls,
-        )
         try:
-            reply = self._responder.timeout(phase, partial=self._parser.partial(), conn=conn)
+            reply = self._responder.timeout(phase, partial=self._parser.partial(), conn=self._connection())
         except Exception as exc:  # noqa: BLE001 - reported to the loop's handler, not swallowed
             self._fail(exc, "timeout() raised")
             return
-        self._closed = True
         if reply is not None and reply.data:
             self._write([reply.data])
-        transport.close()
+        # The client may still be sending (slowloris): linger so that it gets the reply.
+        self._close(linger=phase != "idle")
 
 
 def _address(info: Any) -> tuple[str, int]:
@@ -460,10 +467,21 @@ class DecoyServer:
     """A listening decoy: its port, counters, and a graceful stop."""
 
     def __init__(
-        self, responder: Responder, *, loop: asyncio.AbstractEventLoop, connections_max: int, tls: bool
+        self,
+        responder: Responder,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        connections_max: int,
+        tls: bool,
+        send_timeout_seconds: float,
+        linger_seconds: float,
     ) -> None:
         if connections_max < 1:
             raise ValueError(f"connections_max must be at least 1, got {connections_max}")
+        if send_timeout_seconds <= 0 or linger_seconds <= 0:
+            raise ValueError(f"timeouts must be positive, got {send_timeout_seconds=} {linger_seconds=}")
+        self.send_timeout_seconds = send_timeout_seconds
+        self.linger_seconds = linger_seconds
         self.responder = responder
         self.loop = loop
         self.connections_max = connections_max
@@ -474,6 +492,10 @@ class DecoyServer:
         self._all_gone: asyncio.Event = asyncio.Event()
         self.host = ""
         self.port = 0
+
+    def connection_added(self, conn: _DecoyProtocol) -> None:
+        self.connections.add(conn)
+        self._all_gone.clear()
 
     def connection_gone(self) -> None:
         if not self.connections:
@@ -496,6 +518,10 @@ class DecoyServer:
         except TimeoutError:
             for conn in list(self.connections):
                 conn.abort()
+            # abort() reports connection_lost on the next loop iteration.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_ABORT_SECONDS):
+                    await self._all_gone.wait()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -531,10 +557,17 @@ async def serve(
     backlog: int = LISTEN_BACKLOG,
     reuse_port: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    send_timeout_seconds: float = SEND_TIMEOUT_SECONDS,
+    linger_seconds: float = LINGER_SECONDS_MAX,
 ) -> DecoyServer:
     """Listen on ``host:port`` (0: any free port, see ``.port``) and answer with ``responder``."""
     server = DecoyServer(
-        responder, loop=asyncio.get_running_loop(), connections_max=connections_max, tls=ssl_context is not None
+        responder,
+        loop=asyncio.get_running_loop(),
+        connections_max=connections_max,
+        tls=ssl_context is not None,
+        send_timeout_seconds=send_timeout_seconds,
+        linger_seconds=linger_seconds,
     )
     await server._listen(host=host, port=port, backlog=backlog, reuse_port=reuse_port, ssl_context=ssl_context)
     return server

@@ -51,6 +51,7 @@ PROBLEM_WEIGHT: tuple[Problem, ...] = (
     Problem.BARE_LF,
     Problem.ABSOLUTE_URI,
 )
+MERGED_FIELD_BYTES_NOTABLE = 8190  # repeated fields joined past this size (Apache's field limit)
 _WEIGHT = {p: i for i, p in enumerate(PROBLEM_WEIGHT)}
 
 KNOWN_METHODS = frozenset(
@@ -73,8 +74,12 @@ class Resolved:
 class SiteIndex:
     """The site tree's paths, to resolve targets without touching the disk per request."""
 
-    def __init__(self, *, files: frozenset[str], index_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, *, files: frozenset[str], index_names: tuple[str, ...], special: dict[str, str] | None = None
+    ) -> None:
         self.files = files
+        # Path prefixes the server maps elsewhere (Apache's /server-status, /icons/): their own kind.
+        self.special = tuple(sorted((special or {}).items(), key=lambda kv: -len(kv[0])))
         self.index_names = index_names
         dirs = {"/"}
         for f in files:
@@ -90,6 +95,9 @@ class SiteIndex:
         decoded = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         if _escapes_root(decoded):
             return Resolved("outside", "")
+        for prefix, kind in self.special:
+            if decoded.startswith(prefix):
+                return Resolved(kind + ("-root" if decoded == prefix else ""), decoded)
         path = posixpath.normpath(decoded)
         if path.startswith("//"):
             path = "/" + path.lstrip("/")
@@ -107,7 +115,9 @@ class SiteIndex:
             return Resolved("dir-noindex", as_dir)
         if path in self.files and not trailing:
             hidden = any(part.startswith(".") for part in path.split("/"))
-            return Resolved("dotfile" if hidden else "file", path)
+            # The extension decides the type, and with it compression and Vary (mod_deflate).
+            ext = last.rsplit(".", 1)[-1].lower() if "." in last[1:] else ""
+            return Resolved(("dotfile" if hidden else "file") + (f".{ext}" if ext else ""), path)
         return Resolved("missing-dir" if trailing else "missing", path)
 
 
@@ -200,6 +210,13 @@ def extras_feature(request: Request) -> str:
     host = request.header(b"host")
     if host is not None and (not host or _BAD_HOST.search(host)):
         flags.append("badhost")
+    merged: dict[bytes, int] = {}
+    for name, value in request.headers:
+        key = name.lower()
+        merged[key] = merged.get(key, -2) + len(value) + 2
+    if any(size > MERGED_FIELD_BYTES_NOTABLE for size in merged.values()):
+        # Apache joins repeated fields into one and refuses the result over LimitRequestFieldSize.
+        flags.append("merged-8k")
     flags.extend(_header_shapes(request.head))
     return "+".join(flags) or "none"
 
