@@ -351,6 +351,12 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
         principal = await platform.keys.resolve(credentials.credentials)
         if principal is None:
             security_log.warning("auth_failed", reason="invalid-or-revoked", path=request.url.path)
+            await platform.keys.report_failure(
+                credentials.credentials,
+                service=str(request.app.state.service),
+                path=request.url.path,
+                src_host=request.client.host if request.client else "",
+            )
             raise Unauthenticated("API key is invalid or revoked")
         decision = await platform.limiter.acquire(
             f"key:{principal.key_id}",

@@ -302,7 +302,7 @@ class EventSink:
                     return True
                 if 400 <= status < 500 and status != 429:
                     break  # the receiver refuses this alert; retrying will not change that
-            log.warning("alert_webhook_failed", attempt=attempt, failure=failure, event=str(event.id))
+            log.warning("alert_webhook_failed", attempt=attempt, failure=failure, alert_id=str(event.id))
             if attempt == WEBHOOK_ATTEMPTS_MAX or time.monotonic() - started + delay > WEBHOOK_DEADLINE_SECONDS:
                 break
             await asyncio.sleep(delay)
