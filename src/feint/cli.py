@@ -111,8 +111,8 @@ def up() -> None:
     """Run all three services and the gateway in this process (embedded database when none is set)."""
 
     from feint.camouflage import demo
-    from feint.camouflage.gateway import Gateway
-    from feint.platform.serve import run_loop, serve_all
+    from feint.camouflage.listener import GatewayListener
+    from feint.platform.serve import Servable, run_loop, serve_all
 
     settings = _settings(serving=True)
     begun = time.perf_counter()
@@ -120,7 +120,7 @@ def up() -> None:
     def body() -> None:
         with platform_for(settings) as (platform, target):
             servers = [service_app(name, platform) for name in SERVICES]
-            uv = [
+            uv: list[Servable] = [
                 uvicorn_server(a, settings=settings, port=service_port(settings, n))
                 for n, a in zip(SERVICES, servers, strict=True)
             ]
@@ -129,7 +129,7 @@ def up() -> None:
                 demo_port = _free_port("127.0.0.1")
                 uv.append(uvicorn_server(demo.create(), settings=settings, port=demo_port, host="127.0.0.1"))
                 upstream = f"http://127.0.0.1:{demo_port}"
-            uv.append(uvicorn_server(Gateway(upstream), settings=settings, port=settings.gateway_port))
+            uv.append(GatewayListener.for_platform(platform, upstream_url=upstream, port=settings.gateway_port))
             scheme = "https" if settings.tls_enabled else "http"
 
             def ready() -> None:
@@ -163,16 +163,30 @@ def serve(
         ),
     ] = None,
     reuse_port: Annotated[bool, typer.Option(hidden=True, help="Internal: a worker of a supervisor.")] = False,
+    gateway_port: Annotated[
+        int | None, typer.Option(help="camouflage: port of the gateway (default: FEINT_GATEWAY_PORT).")
+    ] = None,
 ) -> None:
-    """Run one service (what a container runs)."""
+    """Run one service (what a container runs); camouflage also runs the gateway."""
 
-    from feint.platform.serve import default_workers, reuse_port_socket, run_loop, run_workers, serve_all
+    from feint.platform.serve import (
+        Servable,
+        default_workers,
+        reuse_port_socket,
+        run_loop,
+        run_workers,
+        serve_all,
+    )
 
     if name not in SERVICES:
         err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
         raise typer.Exit(2)
     settings = _settings(serving=True)
-    count = workers or default_workers(settings)
+    # The gateway keeps decoy sessions in its process: camouflage scales by pods, one process each.
+    count = workers or (1 if name == "camouflage" else default_workers(settings))
+    if count > 1 and name == "camouflage":
+        err.print("[red]error:[/red] camouflage runs one process (its decoy sessions live there); scale with replicas")
+        raise typer.Exit(2)
     if count > 1 and not settings.redis_url:
         err.print(
             "[red]error:[/red] --workers above 1 needs FEINT_REDIS_URL "
@@ -188,10 +202,21 @@ def serve(
                 raise typer.Exit(code)
             return
         with platform_for(settings) as (platform, _):
-            server = uvicorn_server(service_app(name, platform), settings=settings, port=chosen)
+            servers: list[Servable] = [uvicorn_server(service_app(name, platform), settings=settings, port=chosen)]
             # A supervisor's worker listens on its own SO_REUSEPORT socket of the shared port.
             sockets = [reuse_port_socket(settings.host, chosen)] if reuse_port else None
-            run_loop(serve_all([server], sockets=sockets))
+            if name == "camouflage":
+                from feint.camouflage.listener import GatewayListener
+
+                if settings.upstream_url is None:
+                    err.print("[yellow]FEINT_UPSTREAM_URL is not set: the management API only, no gateway[/yellow]")
+                else:
+                    servers.append(
+                        GatewayListener.for_platform(
+                            platform, upstream_url=settings.upstream_url, port=gateway_port or settings.gateway_port
+                        )
+                    )
+            run_loop(serve_all(servers, sockets=sockets))
 
     _guard(body)
 

@@ -64,6 +64,22 @@ class Settings(BaseSettings):
     upstream_url: str | None = Field(
         None, description="Application the gateway protects; unset: the built-in demo application."
     )
+    # camouflage engine (learning side)
+    alert_webhook_url: str | None = Field(
+        None, description="URL alerts are POSTed to as JSON (honeytoken used, threat >= 9, metering); unset: none."
+    )
+    camouflage_session_idle_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="A decoy session ends after this long without a request; then it is scored."
+    )
+    camouflage_arm_retire_ratio: float = Field(
+        0.5, ge=0, le=1, description="An arm is retired when its mean reward falls below this share of its band's best."
+    )
+    camouflage_allow_clients: str = Field(
+        "", description="Known-good clients (IP addresses or client keys, comma-separated) labelled benign."
+    )
+    camouflage_probe_requests: int = Field(
+        5, ge=1, description="Decoy requests in one session from which its client is labelled a bot."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`json` lines, `console` for people, `auto`: console on a TTY, else JSON."
@@ -125,7 +141,14 @@ class Settings(BaseSettings):
             raise ValueError("not a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("upstream_url", "otlp_endpoint", "s3_endpoint_url", "backup_webhook_url", "backup_pushgateway_url")
+    @field_validator(
+        "upstream_url",
+        "otlp_endpoint",
+        "s3_endpoint_url",
+        "backup_webhook_url",
+        "backup_pushgateway_url",
+        "alert_webhook_url",
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -178,6 +201,7 @@ _EXPECTED = {
     "redis_url": "redis://host:port/db",
     "upstream_url": "http(s)://host:port",
     "otlp_endpoint": "http(s)://collector:4318",
+    "alert_webhook_url": "http(s)://host/path",
     "log_level": "debug, info, warning or error",
     "log_format": "auto, json or console",
     "backup_url": "s3://bucket/prefix or file:///path",

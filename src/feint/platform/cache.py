@@ -201,6 +201,19 @@ class RedisBackend:
         self.breaker.success()
         return result
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client, for domain stores with their own commands and scripts (run them via `call`)."""
+        return self._client
+
+    def key(self, name: str) -> str:
+        """``name`` under this deployment's prefix."""
+        return self._prefix + name
+
+    async def call(self, what: str, coro: Any) -> Any:
+        """Await a Redis command through the circuit breaker; DependencyUnavailable on failure."""
+        return await self._call(what, coro)
+
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._call("get", self._client.get(self._prefix + key))
         return value

@@ -15,8 +15,9 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import psycopg
 import structlog
@@ -166,6 +167,12 @@ def list_keys(conn: psycopg.Connection[dict[str, Any]], *, tenant: str | None = 
     return [KeyInfo(**r) for r in rows]
 
 
+class FailedKeyHook(Protocol):
+    """Told about a key that did not resolve (the camouflage engine recognises honeytokens)."""
+
+    def __call__(self, key: str, *, service: str, path: str, src_host: str) -> Awaitable[None]: ...
+
+
 class KeyResolver:
     """Resolves a presented bearer key to a Principal, with a short in-process cache."""
 
@@ -174,6 +181,18 @@ class KeyResolver:
         self._hasher = hasher
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self.failure_hooks: list[FailedKeyHook] = []
+
+    async def report_failure(self, key: str, *, service: str, path: str, src_host: str) -> None:
+        """Run the failure hooks for a key shaped like ours; a hook's failure is logged, never raised
+        (the caller answers 401 whatever a hook does)."""
+        if not key.startswith(KEY_PREFIX) or len(key) > KEY_LENGTH_MAX:
+            return
+        for hook in self.failure_hooks:
+            try:
+                await hook(key, service=service, path=path, src_host=src_host)
+            except Exception:  # noqa: BLE001 - an alerting failure must not turn a 401 into a 500
+                security_log.exception("failed_key_hook_failed", service=service)
 
     async def resolve(self, key: str) -> Principal | None:
         """The principal of a valid, unrevoked key; None otherwise."""

@@ -66,7 +66,7 @@ def build(
     else:
         cache, limiter = MemoryCache(), MemoryRateLimiter()
     hasher = KeyHasher(derive(master_key, "api-key-hash"))
-    return Platform(
+    platform = Platform(
         settings=settings,
         database_url=database_url,
         db=db,
@@ -76,3 +76,9 @@ def build(
         master_key=master_key,
         redis=redis,
     )
+    # Every service recognises a camouflage honeytoken presented as its API key (an alert naming the
+    # session that took it); imported here so that each service process installs it.
+    from feint.camouflage.engine.wiring import install_key_hook
+
+    install_key_hook(platform)
+    return platform

@@ -18,9 +18,9 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import uvicorn
@@ -120,6 +120,15 @@ def uvicorn_server(app: Any, *, settings: Settings, port: int, host: str | None 
     return _Server(config)
 
 
+class Servable(Protocol):
+    """What `serve_all` drives: a uvicorn server, or the gateway's raw listener."""
+
+    should_exit: bool
+    started: bool
+
+    async def serve(self) -> None: ...
+
+
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run the servers' coroutine on uvloop (uvicorn's own `run` would pick it; `serve` alone does
     not): the event loop's share of a request's CPU, ~15% on asyncio's selector loop, shrinks."""
@@ -133,9 +142,15 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def serve_all(
-    servers: list[_Server], *, on_ready: Callable[[], None] | None = None, sockets: list[socket.socket] | None = None
+    servers: Sequence[Servable],
+    *,
+    on_ready: Callable[[], None] | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Run servers until SIGTERM/SIGINT, then drain them all (``sockets``: the one server's listeners)."""
+    """Run servers until SIGTERM/SIGINT, then drain them all (``sockets``: the listeners of a
+    supervisor's worker, which runs one uvicorn server only)."""
+    if sockets is not None and not (len(servers) == 1 and isinstance(servers[0], uvicorn.Server)):
+        raise ValueError("listening sockets are handed to a single uvicorn server only")
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -144,7 +159,14 @@ async def serve_all(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(server.serve(sockets=sockets)) for server in servers]
+    tasks = [
+        asyncio.create_task(
+            server.serve(sockets=sockets)
+            if sockets is not None and isinstance(server, uvicorn.Server)
+            else server.serve()
+        )
+        for server in servers
+    ]
     try:
         while not all(server.started for server in servers):
             if any(task.done() for task in tasks):

@@ -381,6 +381,8 @@ async def authenticate(
     tenant_name: str | None,
     idempotency_key: str | None,
     state: dict[str, Any],
+    service: str = "",
+    src_host: str = "",
 ) -> RequestContext:
     """Authenticate a bearer key, apply its rate limit, check ``required``, resolve the tenant.
 
@@ -392,6 +394,8 @@ async def authenticate(
     principal = await platform.keys.resolve(token)
     if principal is None:
         security_log.warning("auth_failed", reason="invalid-or-revoked", path=path)
+        # A key that looks like a planted honeytoken raises the camouflage alert (valid keys never get here).
+        await platform.keys.report_failure(token, service=service, path=path, src_host=src_host)
         raise Unauthenticated("API key is invalid or revoked")
     await rate_limit(platform, f"key:{principal.key_id}", state=state, refusal="rate limit of this API key exceeded")
     if not principal.allows(required):
@@ -435,6 +439,8 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
             tenant_name=request.headers.get(TENANT_HEADER),
             idempotency_key=request.headers.get("idempotency-key"),
             state=request.scope["state"],
+            service=str(request.app.state.service),
+            src_host=request.client.host if request.client else "",
         )
 
     return dependency

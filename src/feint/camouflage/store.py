@@ -1,0 +1,366 @@
+"""The camouflage engine's SQL: bandit arms, sessions, honeytokens, events, the allow-list, and
+the reads of the management API and the labels. The only module with SQL for these tables.
+
+Every query names the tenant, so another tenant's ids are never found. Bandit updates are single
+statements with increments (``pulls = pulls + 1``), so replicas never lose each other's updates.
+The decision log (``camouflage_decisions``, migration 0005) belongs to the gateway; this module
+only reads it (threat explanations, labels).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from psycopg.types.json import Jsonb
+
+from feint.camouflage.engine.bandit import ArmStats
+from feint.camouflage.engine.bands import Band
+from feint.camouflage.engine.events import Event, bounded_details
+from feint.camouflage.engine.honeytokens import TokenKind, TokenOwner, TokenSet
+from feint.camouflage.engine.sessions import Session
+from feint.platform.db import Conn, Database
+
+LIST_LIMIT_MAX: Final = 1_000
+TOKEN_HINT_CHARS: Final = 10
+
+
+async def _one(conn: Conn, query: str, params: Sequence[Any] | dict[str, Any]) -> dict[str, Any] | None:
+    cur = await conn.execute(query.encode(), params)
+    return await cur.fetchone()
+
+
+async def _all(conn: Conn, query: str, params: Sequence[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+    cur = await conn.execute(query.encode(), params)
+    return await cur.fetchall()
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+# --- bandit -------------------------------------------------------------------------------
+
+
+def _arm(row: dict[str, Any]) -> ArmStats:
+    return ArmStats(
+        arm=row["arm"],
+        band=Band(row["band"]),
+        pulls=int(row["pulls"]),
+        reward_sum=float(row["reward_sum"]),
+        active=bool(row["active"]),
+    )
+
+
+class PostgresBanditStore:
+    """Bandit state in ``camouflage_arms``: durable, shared by every replica."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def arms(self, *, tenant_id: uuid.UUID, band: Band) -> list[ArmStats]:
+        async with self.db.connection() as conn:
+            rows = await _all(
+                conn,
+                "SELECT arm, band, pulls, reward_sum, active FROM camouflage_arms "
+                "WHERE tenant_id = %s AND band = %s ORDER BY arm",
+                (tenant_id, band.value),
+            )
+        return [_arm(r) for r in rows]
+
+    async def ensure(self, *, tenant_id: uuid.UUID, band: Band, arms: Sequence[str], active: Sequence[str]) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                """INSERT INTO camouflage_arms (tenant_id, band, arm, active)
+                   SELECT %s, %s, arm, arm = ANY(%s) FROM unnest(%s::text[]) AS arm
+                   ON CONFLICT (tenant_id, band, arm) DO NOTHING""",
+                (tenant_id, band.value, list(active), list(arms)),
+            )
+
+    async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                """UPDATE camouflage_arms SET pulls = pulls + 1, reward_sum = reward_sum + %s, updated_at = now()
+                   WHERE tenant_id = %s AND band = %s AND arm = %s""",
+                (reward, tenant_id, band.value, arm),
+            )
+
+    async def rotate(self, *, tenant_id: uuid.UUID, band: Band, retire: str, explore: str | None) -> bool:
+        async with self.db.transaction() as conn:
+            row = await _one(
+                conn,
+                """UPDATE camouflage_arms SET active = false, retired_at = now(), updated_at = now()
+                   WHERE tenant_id = %s AND band = %s AND arm = %s AND active RETURNING arm""",
+                (tenant_id, band.value, retire),
+            )
+            if row is None:
+                return False
+            if explore is not None:
+                await conn.execute(
+                    """UPDATE camouflage_arms SET active = true, updated_at = now()
+                       WHERE tenant_id = %s AND band = %s AND arm = %s""",
+                    (tenant_id, band.value, explore),
+                )
+        return True
+
+    async def seed(self, *, tenant_id: uuid.UUID, band: Band) -> list[ArmStats]:
+        """What Redis starts from when its copy is missing (`SharedBanditStore`)."""
+        return await self.arms(tenant_id=tenant_id, band=band)
+
+
+# --- sessions, honeytokens, events ----------------------------------------------------------
+
+
+class CamouflageStore:
+    """Sessions, honeytokens and events of the engine (the SessionStore, HoneytokenStore and
+    EventStore protocols in one object over one pool)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def started(self, session: Session) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                """INSERT INTO camouflage_sessions (tenant_id, id, client_key, src_host, threat, band, arm,
+                                                   started_at, last_seen_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                (
+                    session.tenant_id,
+                    session.id,
+                    session.client_key[:128],
+                    session.src_host[:64],
+                    session.threat,
+                    session.band.value,
+                    session.arm,
+                    _at(session.started),
+                    _at(session.last_seen),
+                ),
+            )
+
+    async def ended(self, session: Session, *, reward: float) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                """UPDATE camouflage_sessions SET last_seen_at = %s, ended_at = %s, requests = %s,
+                          tokens_taken = %s, engaged_seconds = %s, reward = %s, paths = %s
+                   WHERE tenant_id = %s AND id = %s""",
+                (
+                    _at(session.last_seen),
+                    _at(session.ended or session.last_seen),
+                    session.requests,
+                    session.tokens_taken,
+                    session.engaged_seconds,
+                    reward,
+                    session.paths,
+                    session.tenant_id,
+                    session.id,
+                ),
+            )
+
+    async def insert_tokens(self, *, tenant_id: uuid.UUID, tokens: TokenSet) -> None:
+        rows = [
+            (digest, tenant_id, tokens.session_id, kind.value, tokens.values[kind][:TOKEN_HINT_CHARS])
+            for kind, digest in tokens.digests().items()
+        ]
+        async with self.db.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO camouflage_honeytokens (digest, tenant_id, session_id, kind, hint)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING""",
+                rows,
+            )
+
+    async def owners(self, digests: Sequence[str]) -> list[TokenOwner]:
+        async with self.db.connection() as conn:
+            rows = await _all(
+                conn,
+                "SELECT digest, kind, tenant_id, session_id FROM camouflage_honeytokens WHERE digest = ANY(%s)",
+                (list(digests),),
+            )
+        return [TokenOwner(r["digest"], TokenKind(r["kind"]), r["tenant_id"], r["session_id"]) for r in rows]
+
+    async def mark_used(self, digests: Sequence[str]) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "UPDATE camouflage_honeytokens SET uses = uses + 1, last_used_at = now() WHERE digest = ANY(%s)",
+                (list(digests),),
+            )
+
+    async def insert_events(self, events: Sequence[Event]) -> None:
+        rows = [
+            (
+                e.tenant_id,
+                e.id,
+                int(e.event_id),
+                e.event_id.dotted,
+                _at(e.time),
+                e.session_id,
+                e.src_host[:64],
+                e.client_key[:128],
+                e.threat,
+                Jsonb(bounded_details(e.details)),
+            )
+            for e in events
+            if e.tenant_id is not None
+        ]
+        if not rows:
+            return
+        async with self.db.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO camouflage_events (tenant_id, id, logtype, eventid, at, session_id, src_host,
+                                                 client_key, threat, details)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                rows,
+            )
+
+
+# --- reads of the management API ---------------------------------------------------------
+
+
+async def list_arms(conn: Conn, *, tenant_id: uuid.UUID, band: str | None) -> list[dict[str, Any]]:
+    return await _all(
+        conn,
+        """SELECT band, arm, pulls, reward_sum, active, retired_at, updated_at,
+                  CASE WHEN pulls > 0 THEN reward_sum / pulls ELSE 0 END AS effectiveness
+           FROM camouflage_arms WHERE tenant_id = %(tenant)s AND (%(band)s::text IS NULL OR band = %(band)s)
+           ORDER BY band, effectiveness DESC, arm""",
+        {"tenant": tenant_id, "band": band},
+    )
+
+
+_SESSION_COLUMNS: Final = (
+    "id, client_key, src_host, threat, band, arm, started_at, last_seen_at, ended_at, requests, tokens_taken, "
+    "engaged_seconds, reward, paths"
+)
+
+
+async def list_sessions(conn: Conn, *, tenant_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
+    return await _all(
+        conn,
+        f"SELECT {_SESSION_COLUMNS} FROM camouflage_sessions WHERE tenant_id = %s "
+        "ORDER BY started_at DESC, id LIMIT %s OFFSET %s",
+        (tenant_id, min(limit, LIST_LIMIT_MAX), offset),
+    )
+
+
+async def get_session(conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID) -> dict[str, Any] | None:
+    return await _one(
+        conn,
+        f"SELECT {_SESSION_COLUMNS} FROM camouflage_sessions WHERE tenant_id = %s AND id = %s",
+        (tenant_id, session_id),
+    )
+
+
+async def list_events(
+    conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID | None, logtype: int | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    return await _all(
+        conn,
+        """SELECT id, logtype, eventid, at, session_id, src_host, client_key, threat, details
+           FROM camouflage_events WHERE tenant_id = %(tenant)s
+             AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
+             AND (%(logtype)s::int IS NULL OR logtype = %(logtype)s)
+           ORDER BY at DESC, id LIMIT %(limit)s OFFSET %(offset)s""",
+        {
+            "tenant": tenant_id,
+            "session": session_id,
+            "logtype": logtype,
+            "limit": min(limit, LIST_LIMIT_MAX),
+            "offset": offset,
+        },
+    )
+
+
+async def list_honeytokens(
+    conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID | None, used: bool | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    return await _all(
+        conn,
+        """SELECT digest, session_id, kind, hint, created_at, uses, last_used_at FROM camouflage_honeytokens
+           WHERE tenant_id = %(tenant)s AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
+             AND (%(used)s::boolean IS NULL OR (uses > 0) = %(used)s)
+           ORDER BY created_at DESC, digest LIMIT %(limit)s OFFSET %(offset)s""",
+        {
+            "tenant": tenant_id,
+            "session": session_id,
+            "used": used,
+            "limit": min(limit, LIST_LIMIT_MAX),
+            "offset": offset,
+        },
+    )
+
+
+async def get_decision(conn: Conn, *, tenant_id: uuid.UUID, decision_id: uuid.UUID) -> dict[str, Any] | None:
+    """A logged decision with its threat explanation (the gateway's table, migration 0005)."""
+    return await _one(
+        conn,
+        """SELECT id, at, client_key, threat, explanation, action, persona, arm, session_id
+           FROM camouflage_decisions WHERE tenant_id = %s AND id = %s""",
+        (tenant_id, decision_id),
+    )
+
+
+# --- allow-list and labels -----------------------------------------------------------------
+
+
+async def allow(conn: Conn, *, tenant_id: uuid.UUID, client: str, note: str) -> None:
+    await conn.execute(
+        """INSERT INTO camouflage_allowlist (tenant_id, client, note) VALUES (%s, %s, %s)
+           ON CONFLICT (tenant_id, client) DO UPDATE SET note = EXCLUDED.note""",
+        (tenant_id, client, note),
+    )
+
+
+async def disallow(conn: Conn, *, tenant_id: uuid.UUID, client: str) -> bool:
+    row = await _one(
+        conn,
+        "DELETE FROM camouflage_allowlist WHERE tenant_id = %s AND client = %s RETURNING client",
+        (tenant_id, client),
+    )
+    return row is not None
+
+
+async def allowlist(conn: Conn, *, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    return await _all(
+        conn,
+        "SELECT client, note, created_at FROM camouflage_allowlist WHERE tenant_id = %s ORDER BY client",
+        (tenant_id,),
+    )
+
+
+LABELS_QUERY: Final = """
+SELECT d.id::text AS id,
+       CASE WHEN d.client_key = ANY(%(allowed)s) OR host(d.c_ip::inet) = ANY(%(allowed)s) THEN 0 ELSE 1 END AS label
+FROM camouflage_decisions d
+LEFT JOIN camouflage_sessions s ON s.tenant_id = d.tenant_id AND s.id = d.session_id
+WHERE d.tenant_id = %(tenant)s AND d.at >= %(since)s AND d.at < %(until)s
+  AND (
+    d.client_key = ANY(%(allowed)s) OR host(d.c_ip::inet) = ANY(%(allowed)s)
+    OR d.client_key IN (
+        SELECT client_key FROM camouflage_sessions b
+        WHERE b.tenant_id = %(tenant)s AND (b.tokens_taken > 0 OR b.requests >= %(probes)s
+              OR EXISTS (SELECT 1 FROM camouflage_honeytokens h
+                         WHERE h.tenant_id = b.tenant_id AND h.session_id = b.id AND h.uses > 0)))
+  )
+ORDER BY d.at, d.id
+"""
+
+
+async def labels(
+    conn: Conn, *, tenant_id: uuid.UUID, since: datetime, until: datetime, allowed: Sequence[str], probes_min: int
+) -> list[tuple[str, int]]:
+    """``(decision id, label)`` of the tenant's decisions in [since, until): 1 for a client whose decoy
+    session took a honeytoken, used one, or kept probing (``probes_min`` requests or more); 0 for an
+    allow-listed client (the allow-list wins); decisions with no evidence either way are left out."""
+    table = await allowlist(conn, tenant_id=tenant_id)
+    everyone = sorted({*allowed, *(r["client"] for r in table)})
+    cur = await conn.execute(
+        LABELS_QUERY.encode(),
+        {"tenant": tenant_id, "since": since, "until": until, "allowed": everyone, "probes": probes_min},
+    )
+    return [(r["id"], int(r["label"])) for r in await cur.fetchall()]
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=str)
