@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from feint.platform.runtime import Platform
 from feint.platform.web import create_app
 from feint.shadow import views
+from feint.shadow.canary import views as canary_views
 from feint.shadow.jobs import EvaluationRunner
 
 DESCRIPTION = "Versioned Sigma rules, evaluated on recorded traffic against production before they go live."
@@ -29,7 +30,7 @@ def create(platform: Platform) -> FastAPI:
         "shadow",
         platform=platform,
         description=DESCRIPTION,
-        routers=[views.router],
+        routers=[views.router, canary_views.router],
         on_startup=[_start_evaluations],
         on_shutdown=[_stop_evaluations],
     )

@@ -198,3 +198,42 @@ def _end(
 ) -> Transition:
     after = replace(counted or progress, phase=phase, weight=100.0 if phase == "promoted" else 0.0, reasons=reasons)
     return Transition(event=event, before=progress, after=after, reasons=reasons, results=results)
+
+
+def plan_to_json(p: Plan) -> dict[str, Any]:
+    """The plan as stored with the rollout and shown by the API."""
+    return {
+        "steps": list(p.steps),
+        "interval_seconds": p.interval_seconds,
+        "failure_limit": p.failure_limit,
+        "inconclusive_limit": p.inconclusive_limit,
+        "guards": [
+            {
+                "metric": g.metric,
+                "threshold": g.threshold,
+                "critical": g.critical,
+                "direction": g.better,
+                "min_samples": g.min_samples,
+                "zero_tolerance": g.zero_rule,
+                "alpha": g.alpha,
+            }
+            for g in p.guards
+        ],
+    }
+
+
+def plan_from_json(data: dict[str, Any]) -> Plan:
+    """The inverse of :func:`plan_to_json`; raises 422 naming the field on bad input."""
+    try:
+        guards = tuple(Guard(**g) for g in data.get("guards", [])) or DEFAULT_GUARDS
+        return Plan(
+            steps=tuple(float(s) for s in data.get("steps", DEFAULT_STEPS)),
+            interval_seconds=float(data.get("interval_seconds", 60.0)),
+            failure_limit=int(data.get("failure_limit", FAILURE_LIMIT_DEFAULT)),
+            inconclusive_limit=int(data.get("inconclusive_limit", INCONCLUSIVE_LIMIT_DEFAULT)),
+            guards=guards,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(
+            f"the rollout plan is invalid: {exc}", errors=[{"field": "plan", "problem": str(exc)}]
+        ) from exc
