@@ -37,12 +37,28 @@ CREATE UNIQUE INDEX shadow_rollouts_one_live ON shadow_rollouts (tenant_id, rule
     WHERE phase IN ('running', 'paused');
 CREATE INDEX shadow_rollouts_due ON shadow_rollouts (next_check_at) WHERE phase = 'running';
 
+-- Feedback on clients, the ground truth of the canary's false-positive and detection guards:
+-- analysts' verdicts and customers' appeals (the allow-list and decoy engagement come from the
+-- camouflage tables). The newest row per client and source wins.
+CREATE TABLE shadow_feedback (
+    tenant_id    uuid NOT NULL REFERENCES tenants (id),
+    client_key   text NOT NULL CHECK (client_key ~ '^[0-9a-f]{32}$'),
+    source       text NOT NULL CHECK (source IN ('analyst', 'appeal', 'allowlist')),
+    verdict      text NOT NULL CHECK (verdict IN ('benign', 'bot')),
+    note         text NOT NULL DEFAULT '' CHECK (length(note) <= 2000),
+    created_by   text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, client_key, source)
+);
+
 ALTER TABLE shadow_history DROP CONSTRAINT shadow_history_event_check;
 ALTER TABLE shadow_history ADD CONSTRAINT shadow_history_event_check
     CHECK (event IN ('created', 'installed', 'transition', 'retired', 'rollback', 'canary'));
 ALTER TABLE shadow_history ADD COLUMN details jsonb;
 
 GRANT SELECT, INSERT ON shadow_rollouts TO feint_app;
+GRANT SELECT, INSERT, DELETE ON shadow_feedback TO feint_app;
+GRANT UPDATE (verdict, note, created_by, created_at) ON shadow_feedback TO feint_app;
 GRANT UPDATE (phase, step, weight, failures, inconclusive, checks, reasons, last_results, step_started_at,
               next_check_at, updated_at, finished_at) ON shadow_rollouts TO feint_app;
 
@@ -54,4 +70,5 @@ ALTER TABLE shadow_history DROP COLUMN details;
 ALTER TABLE shadow_history DROP CONSTRAINT shadow_history_event_check;
 ALTER TABLE shadow_history ADD CONSTRAINT shadow_history_event_check
     CHECK (event IN ('created', 'installed', 'transition', 'retired', 'rollback'));
+DROP TABLE shadow_feedback;
 DROP TABLE shadow_rollouts;

@@ -220,3 +220,20 @@ async def test_bad_plans_get_422_naming_the_field(shadow: httpx.AsyncClient, key
         "/v1/rollouts", json={"ruleset": "starter", "candidate": number, "reason": ""}, headers=admin
     )
     assert no_reason.status_code == 422
+
+
+async def test_feedback_is_stored_per_client_and_source(shadow: httpx.AsyncClient, keys: Keys) -> None:
+    """A verdict replaces the previous one of the same source; other tenants do not see it; bad keys get 422."""
+    writer = keys("acme", "write")
+    key = "0123456789abcdef0123456789abcdef"
+    first = await shadow.post("/v1/feedback", json={"client_key": key, "verdict": "bot"}, headers=writer)
+    assert first.status_code == 201, first.text
+    second = await shadow.post(
+        "/v1/feedback", json={"client_key": key, "verdict": "benign", "note": "customer appeal upheld"}, headers=writer
+    )
+    assert second.json()["verdict"] == "benign"
+    listed = (await shadow.get("/v1/feedback", headers=writer)).json()["items"]
+    assert [(f["client_key"], f["source"], f["verdict"]) for f in listed] == [(key, "analyst", "benign")]
+    assert (await shadow.get("/v1/feedback", headers=keys("globex", "read"))).json()["items"] == []
+    bad = await shadow.post("/v1/feedback", json={"client_key": "10.0.0.1", "verdict": "bot"}, headers=writer)
+    assert bad.status_code == 422

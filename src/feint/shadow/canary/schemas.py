@@ -12,7 +12,6 @@ from feint.shadow.canary import plan as plans
 from feint.shadow.canary.guards import DEFAULT_GUARDS, GUARDS_PER_ROLLOUT_MAX, SAMPLES_MIN_DEFAULT, Guard, Metric
 from feint.shadow.canary.service import REASON_LENGTH_MAX
 from feint.shadow.canary.store import RolloutRow
-from feint.shadow.schemas import RULESET_NAME_PATTERN
 
 
 class _In(BaseModel):
@@ -120,4 +119,21 @@ class RolloutList(BaseModel):
     items: list[RolloutOut]
 
 
-__all__ = ["RULESET_NAME_PATTERN", "ActionIn", "GuardIn", "RolloutIn", "RolloutList", "RolloutOut"]
+class FeedbackIn(_In):
+    client_key: str = Field(pattern=r"^[0-9a-f]{32}$", description="The gateway's client key (decision log).")
+    verdict: Literal["benign", "bot"]
+    source: Literal["analyst", "appeal", "allowlist"] = "analyst"
+    note: str = Field("", max_length=REASON_LENGTH_MAX)
+
+
+class FeedbackOut(BaseModel):
+    client_key: str
+    source: str
+    verdict: str
+    note: str
+    created_by: str
+    created_at: datetime
+
+
+class FeedbackList(BaseModel):
+    items: list[FeedbackOut]

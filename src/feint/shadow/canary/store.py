@@ -223,3 +223,44 @@ async def update(
     if row is None:
         raise InvariantViolated(f"rollout {rollout_id} vanished under its lock")
     return RolloutRow(**row)
+
+
+# --- feedback (ground truth of the guards) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRow:
+    client_key: str
+    source: str
+    verdict: str
+    note: str
+    created_by: str
+    created_at: datetime
+
+
+async def upsert_feedback(
+    conn: Conn, *, tenant_id: uuid.UUID, client_key: str, source: str, verdict: str, note: str, actor: str
+) -> FeedbackRow:
+    row = await _one(
+        conn,
+        """INSERT INTO shadow_feedback (tenant_id, client_key, source, verdict, note, created_by)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (tenant_id, client_key, source)
+           DO UPDATE SET verdict = excluded.verdict, note = excluded.note, created_by = excluded.created_by,
+                         created_at = now()
+           RETURNING client_key, source, verdict, note, created_by, created_at""",
+        (tenant_id, client_key, source, verdict, note, actor),
+    )
+    if row is None:  # pragma: no cover - INSERT … RETURNING always returns the row
+        raise InvariantViolated("feedback upsert returned nothing")
+    return FeedbackRow(**row)
+
+
+async def list_feedback(conn: Conn, *, tenant_id: uuid.UUID, limit: int) -> list[FeedbackRow]:
+    rows = await _all(
+        conn,
+        """SELECT client_key, source, verdict, note, created_by, created_at FROM shadow_feedback
+           WHERE tenant_id = %s ORDER BY created_at DESC LIMIT %s""",
+        (tenant_id, limit),
+    )
+    return [FeedbackRow(**row) for row in rows]

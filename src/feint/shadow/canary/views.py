@@ -6,6 +6,7 @@ judges live traffic). Each view parses, calls one service function and shapes th
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any, Final
 
@@ -16,7 +17,15 @@ from feint.platform.web import RequestContext, scope
 from feint.shadow import repository
 from feint.shadow.canary import service
 from feint.shadow.canary import store as canary_store
-from feint.shadow.canary.schemas import ActionIn, RolloutIn, RolloutList, RolloutOut
+from feint.shadow.canary.schemas import (
+    ActionIn,
+    FeedbackIn,
+    FeedbackList,
+    FeedbackOut,
+    RolloutIn,
+    RolloutList,
+    RolloutOut,
+)
 from feint.shadow.views import _actor, _etag_matches, _tenant
 
 router = APIRouter(prefix="/v1", tags=["rollouts"])
@@ -123,3 +132,32 @@ async def live_rollout(
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return RolloutOut.of(row)
+
+
+@router.post(
+    "/feedback",
+    status_code=201,
+    summary="An analyst's verdict or a customer's appeal on a client: the canary guards' ground truth.",
+)
+async def give_feedback(body: FeedbackIn, ctx: RequestContext = Depends(scope("write"))) -> FeedbackOut:
+    async with ctx.platform.db.connection() as conn:
+        row = await canary_store.upsert_feedback(
+            conn,
+            tenant_id=await _tenant(ctx),
+            client_key=body.client_key,
+            source=body.source,
+            verdict=body.verdict,
+            note=body.note,
+            actor=_actor(ctx),
+        )
+    return FeedbackOut(**dataclasses.asdict(row))
+
+
+@router.get("/feedback", summary="The tenant's feedback on clients, newest first.")
+async def list_feedback(
+    limit: int = Query(LIST_LIMIT_DEFAULT, ge=1, le=service.ROLLOUTS_LIST_MAX),
+    ctx: RequestContext = Depends(scope("read")),
+) -> FeedbackList:
+    async with ctx.platform.db.connection() as conn:
+        rows = await canary_store.list_feedback(conn, tenant_id=await _tenant(ctx), limit=limit)
+    return FeedbackList(items=[FeedbackOut(**dataclasses.asdict(r)) for r in rows])
