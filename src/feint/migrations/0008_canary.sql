@@ -36,14 +36,17 @@ CREATE TABLE shadow_rollouts (
 CREATE UNIQUE INDEX shadow_rollouts_one_live ON shadow_rollouts (tenant_id, ruleset_id)
     WHERE phase IN ('running', 'paused');
 CREATE INDEX shadow_rollouts_due ON shadow_rollouts (next_check_at) WHERE phase = 'running';
+-- The guards read both slices of a rollout over a step's time window.
+CREATE INDEX camouflage_decisions_rollout ON camouflage_decisions (tenant_id, rollout_id, decided_at)
+    WHERE rollout_id IS NOT NULL;
 
 -- Feedback on clients, the ground truth of the canary's false-positive and detection guards:
 -- analysts' verdicts and customers' appeals (the allow-list and decoy engagement come from the
--- camouflage tables). The newest row per client and source wins.
+-- camouflage tables, migration 0004). The newest row per client wins.
 CREATE TABLE shadow_feedback (
     tenant_id    uuid NOT NULL REFERENCES tenants (id),
     client_key   text NOT NULL CHECK (client_key ~ '^[0-9a-f]{32}$'),
-    source       text NOT NULL CHECK (source IN ('analyst', 'appeal', 'allowlist')),
+    source       text NOT NULL CHECK (source IN ('analyst', 'appeal')),
     verdict      text NOT NULL CHECK (verdict IN ('benign', 'bot')),
     note         text NOT NULL DEFAULT '' CHECK (length(note) <= 2000),
     created_by   text NOT NULL,
@@ -70,5 +73,6 @@ ALTER TABLE shadow_history DROP COLUMN details;
 ALTER TABLE shadow_history DROP CONSTRAINT shadow_history_event_check;
 ALTER TABLE shadow_history ADD CONSTRAINT shadow_history_event_check
     CHECK (event IN ('created', 'installed', 'transition', 'retired', 'rollback'));
+DROP INDEX camouflage_decisions_rollout;
 DROP TABLE shadow_feedback;
 DROP TABLE shadow_rollouts;

@@ -183,7 +183,7 @@ def simulate(
     ] = plans.INCONCLUSIVE_LIMIT_DEFAULT,
 ) -> None:
     """Replay labelled traffic through the controller and the gateway's decision path; print JSON."""
-    from feint.shadow.canary.simulate import simulate_files
+    from feint.shadow.canary.replay import simulate_files
 
     plan = plans.Plan(
         steps=parse_steps(steps),

@@ -122,7 +122,9 @@ class RolloutList(BaseModel):
 class FeedbackIn(_In):
     client_key: str = Field(pattern=r"^[0-9a-f]{32}$", description="The gateway's client key (decision log).")
     verdict: Literal["benign", "bot"]
-    source: Literal["analyst", "appeal", "allowlist"] = "analyst"
+    source: Literal["analyst", "appeal"] = Field(
+        "analyst", description="Known-good clients go on the gateway's allow-list (camouflage API) instead."
+    )
     note: str = Field("", max_length=REASON_LENGTH_MAX)
 
 

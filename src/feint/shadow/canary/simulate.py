@@ -16,34 +16,33 @@ guards or the plan.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from feint.shadow.canary import plan as plans
 from feint.shadow.canary import service
-from feint.shadow.canary.split import judged_by_candidate
 from feint.shadow.canary.windows import Decision, Label, MemorySource
 from feint.shadow.record import RequestRecord
 
-SIMULATION_SALT: Final = "feint-rollout-simulate"
 EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the decision path said of one request."""
+    """What the decision path said of one request, and which slice judged it."""
 
     diverted: bool
     level: int
+    canary: bool
+    error: bool = False
+    latency_us: float = 0.0
 
 
-# (record, candidate?) → verdict; raising means the gateway failed on this request.
-Judge = Callable[[RequestRecord, bool], Verdict]
-ClientKey = Callable[[RequestRecord], str]
+# (record, the candidate's current weight in percent) → verdict.
+Judge = Callable[[RequestRecord, float], Awaitable[Verdict]]
 
 
 def _label(value: int | None) -> Label:
@@ -52,13 +51,12 @@ def _label(value: int | None) -> Label:
     return "bot" if value == 1 else "benign"
 
 
-def run(
+async def run(
     records: Iterable[RequestRecord],
     *,
     labels: Mapping[str, int],
     plan: plans.Plan,
     judge: Judge,
-    client_key: ClientKey,
     rate: float,
 ) -> dict[str, Any]:
     """Replay ``records`` through a canary of ``plan``; the JSON ``feint rollout simulate`` prints."""
@@ -67,11 +65,11 @@ def run(
     rollout_id = uuid.uuid4()
     source = MemorySource()
     progress = plans.start(plan).after
-    step_started = None
-    next_check = None
+    step_started: datetime | None = None
+    next_check: datetime | None = None
     steps: list[dict[str, Any]] = []
     reasons: list[str] = []
-    total = judged_by_candidate_count = 0
+    total = exposed = 0
     first_time: datetime | None = None
     last_time: datetime | None = None
     for index, record in enumerate(records):
@@ -79,60 +77,48 @@ def run(
         # Logs are written when requests end, so their times are nearly but not quite in order.
         at = at if last_time is None or at >= last_time else last_time
         first_time, last_time = first_time or at, at
-        if step_started is None:
-            step_started = at
-            next_check = at + timedelta(seconds=plan.interval_seconds)
-        while progress.phase == "running" and next_check is not None and at >= next_check:
-            transition = _decide(source, rollout_id, plan, progress, since=step_started, until=next_check)
-            steps.append(_step(transition, at=next_check - (first_time or at)))
-            if transition.event in ("advanced", "resumed"):
+        if step_started is None or next_check is None:
+            step_started, next_check = at, at + timedelta(seconds=plan.interval_seconds)
+        while progress.phase == "running" and at >= next_check:
+            transition = await _decide(source, rollout_id, plan, progress, since=step_started, until=next_check)
+            steps.append(_step(transition, at=next_check - first_time))
+            if transition.event == "advanced":
                 step_started = next_check
             progress = transition.after
             reasons = list(transition.reasons)
             next_check = next_check + timedelta(seconds=plan.interval_seconds)
-        canary = progress.phase in ("running", "paused") and judged_by_candidate(
-            client_key(record), weight_percent=progress.weight, salt=SIMULATION_SALT
-        )
-        if progress.phase == "promoted":
-            canary = True
-        started = time.perf_counter()
-        error = False
-        try:
-            verdict = judge(record, canary)
-        except Exception:  # noqa: BLE001 - a failing evaluation is what the error guard counts
-            verdict, error = Verdict(diverted=False, level=0), True
-        latency_us = (time.perf_counter() - started) * 1e6
+        verdict = await judge(record, progress.weight)
         total += 1
-        judged_by_candidate_count += canary
+        exposed += verdict.canary
         if progress.phase in ("running", "paused"):
             source.record(
                 rollout_id,
                 Decision(
                     at=at,
-                    canary=canary,
+                    canary=verdict.canary,
                     diverted=verdict.diverted,
-                    latency_us=latency_us,
-                    error=error,
+                    latency_us=verdict.latency_us,
+                    error=verdict.error,
                     label=_label(labels.get(record.id)),
                 ),
             )
-    if progress.phase == "running" and step_started is not None and next_check is not None:
+    if progress.phase == "running" and step_started is not None and next_check is not None and first_time:
         # The traffic ended inside a step: one last check on what that step saw.
-        transition = _decide(source, rollout_id, plan, progress, since=step_started, until=next_check)
-        steps.append(_step(transition, at=next_check - (first_time or next_check)))
+        transition = await _decide(source, rollout_id, plan, progress, since=step_started, until=next_check)
+        steps.append(_step(transition, at=next_check - first_time))
         progress = transition.after
         reasons = list(transition.reasons)
     outcome = {"promoted": "promoted", "rolled_back": "rolled_back"}.get(progress.phase, "paused")
     return {
         "outcome": outcome,
-        "exposed_fraction": judged_by_candidate_count / total if total else 0.0,
+        "exposed_fraction": exposed / total if total else 0.0,
         "requests": total,
         "steps": steps,
         "reasons": reasons,
     }
 
 
-def _decide(
+async def _decide(
     source: MemorySource,
     rollout_id: uuid.UUID,
     plan: plans.Plan,
@@ -141,18 +127,8 @@ def _decide(
     since: datetime,
     until: datetime,
 ) -> plans.Transition:
-    window = _sync(source.window(tenant_id=rollout_id, rollout_id=rollout_id, since=since, until=until))
+    window = await source.window(tenant_id=rollout_id, rollout_id=rollout_id, since=since, until=until)
     return service.decide(plan, progress, window)
-
-
-def _sync(awaitable: Any) -> service.Window:
-    """Run the memory source's coroutine, which never suspends, without an event loop."""
-    try:
-        awaitable.send(None)
-    except StopIteration as done:
-        result: service.Window = done.value
-        return result
-    raise RuntimeError("the memory source suspended")  # pragma: no cover - it awaits nothing
 
 
 def _step(transition: plans.Transition, *, at: timedelta) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 from feint.shadow.canary import plan as plans
 from feint.shadow.canary.guards import Guard
 from feint.shadow.canary.simulate import Verdict, run
+from feint.shadow.canary.split import judged_by_candidate
 from feint.shadow.record import RequestRecord
 
 pytestmark = pytest.mark.unit
@@ -34,24 +35,25 @@ def _labels(n: int) -> dict[str, int]:
     return {f"log:{i}": int(i % 10 == 0) for i in range(n)}
 
 
-def _key(record: RequestRecord) -> str:
-    return f"{record.c_ip}|{record.cs_user_agent}"
+def _split(record: RequestRecord, weight: float) -> bool:
+    return judged_by_candidate(f"{record.c_ip}|{record.cs_user_agent}", weight_percent=weight, salt="test")
 
 
 def _judge_with(candidate_flags_everything: bool):  # type: ignore[no-untyped-def]
-    def judge(record: RequestRecord, candidate: bool) -> Verdict:
+    async def judge(record: RequestRecord, weight: float) -> Verdict:
+        candidate = _split(record, weight)
         attack = "union select" in (record.cs_uri_query or "")
         flagged = attack or (candidate and candidate_flags_everything)
-        return Verdict(diverted=flagged, level=9 if flagged else 0)
+        return Verdict(diverted=flagged, level=9 if flagged else 0, canary=candidate)
 
     return judge
 
 
-def test_a_candidate_that_flags_benign_traffic_is_rolled_back_at_the_first_step() -> None:
+async def test_a_candidate_that_flags_benign_traffic_is_rolled_back_at_the_first_step() -> None:
     """Flagging every request: rolled back at the first check, exposure under the first step's weight."""
     n = 60_000
     plan = plans.Plan(steps=(5.0, 25.0, 50.0, 100.0), interval_seconds=60, guards=FP_ONLY)
-    result = run(_traffic(n), labels=_labels(n), plan=plan, judge=_judge_with(True), client_key=_key, rate=100)
+    result = await run(_traffic(n), labels=_labels(n), plan=plan, judge=_judge_with(True), rate=100)
     assert result["outcome"] == "rolled_back"
     assert result["steps"][0]["event"] == "rolled-back"
     assert result["steps"][0]["weight_before"] == 5.0
@@ -59,39 +61,39 @@ def test_a_candidate_that_flags_benign_traffic_is_rolled_back_at_the_first_step(
     assert any("false_positive_rate" in reason for reason in result["reasons"])
 
 
-def test_an_equal_or_better_candidate_is_promoted_through_every_step() -> None:
+async def test_an_equal_or_better_candidate_is_promoted_through_every_step() -> None:
     """A candidate as good as production passes each check and is promoted."""
     n = 60_000
     plan = plans.Plan(steps=(5.0, 25.0, 50.0, 100.0), interval_seconds=60, guards=FP_ONLY)
-    result = run(_traffic(n), labels=_labels(n), plan=plan, judge=_judge_with(False), client_key=_key, rate=100)
+    result = await run(_traffic(n), labels=_labels(n), plan=plan, judge=_judge_with(False), rate=100)
     assert result["outcome"] == "promoted"
     assert [s["event"] for s in result["steps"]] == ["advanced", "advanced", "promoted"]
     assert 0.1 < result["exposed_fraction"] < 1.0
 
 
-def test_a_candidate_with_too_little_data_pauses() -> None:
+async def test_a_candidate_with_too_little_data_pauses() -> None:
     """Without labels every check is inconclusive; at the limit the simulation reports paused."""
     n = 20_000
     plan = plans.Plan(steps=(5.0, 50.0), interval_seconds=30, inconclusive_limit=3, guards=FP_ONLY)
-    result = run(_traffic(n), labels={}, plan=plan, judge=_judge_with(False), client_key=_key, rate=100)
+    result = await run(_traffic(n), labels={}, plan=plan, judge=_judge_with(False), rate=100)
     assert result["outcome"] == "paused"
     assert [s["event"] for s in result["steps"]] == ["held", "held", "paused"]
     assert any("too little data" in reason for reason in result["reasons"])
 
 
-def test_a_failing_evaluation_counts_as_a_gateway_error() -> None:
-    """An exception in the decision path is an error in the canary slice: zero-vs-nonzero fails it."""
+async def test_a_failing_evaluation_counts_as_a_gateway_error() -> None:
+    """Errors in the canary slice only (none in production): zero-vs-nonzero fails the rollout."""
     n = 20_000
 
-    def judge(record: RequestRecord, candidate: bool) -> Verdict:
-        if candidate and record.id.endswith("7"):
-            raise ValueError("broken candidate")
-        return Verdict(diverted=False, level=0)
+    async def judge(record: RequestRecord, weight: float) -> Verdict:
+        candidate = _split(record, weight)
+        broken = candidate and record.id.endswith("7")
+        return Verdict(diverted=False, level=0, canary=candidate, error=broken)
 
     plan = plans.Plan(
         steps=(10.0, 50.0), interval_seconds=60, guards=(Guard(metric="error_rate", threshold=0.0, critical=True),)
     )
-    result = run(_traffic(n), labels=_labels(n), plan=plan, judge=judge, client_key=_key, rate=100)
+    result = await run(_traffic(n), labels=_labels(n), plan=plan, judge=judge, rate=100)
     assert result["outcome"] == "rolled_back"
     [step] = result["steps"]
     assert step["results"][0]["test"] == "zero-vs-nonzero"
