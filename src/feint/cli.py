@@ -102,8 +102,8 @@ def up() -> None:
     import asyncio
 
     from feint.camouflage import demo
-    from feint.camouflage.gateway import Gateway
-    from feint.platform.serve import serve_all
+    from feint.camouflage.listener import GatewayListener
+    from feint.platform.serve import Servable, serve_all
 
     settings = _settings(serving=True)
     begun = time.perf_counter()
@@ -111,7 +111,7 @@ def up() -> None:
     def body() -> None:
         with platform_for(settings) as (platform, target):
             servers = [service_app(name, platform) for name in SERVICES]
-            uv = [
+            uv: list[Servable] = [
                 uvicorn_server(a, settings=settings, port=service_port(settings, n))
                 for n, a in zip(SERVICES, servers, strict=True)
             ]
@@ -120,7 +120,7 @@ def up() -> None:
                 demo_port = _free_port("127.0.0.1")
                 uv.append(uvicorn_server(demo.create(), settings=settings, port=demo_port, host="127.0.0.1"))
                 upstream = f"http://127.0.0.1:{demo_port}"
-            uv.append(uvicorn_server(Gateway(upstream), settings=settings, port=settings.gateway_port))
+            uv.append(GatewayListener.for_platform(platform, upstream_url=upstream, port=settings.gateway_port))
             scheme = "https" if settings.tls_enabled else "http"
 
             def ready() -> None:
@@ -145,11 +145,14 @@ def up() -> None:
 def serve(
     name: Annotated[str, typer.Argument(help="credits, shadow or camouflage")],
     port: Annotated[int | None, typer.Option(help="Port (default: the service's FEINT_*_PORT).")] = None,
+    gateway_port: Annotated[
+        int | None, typer.Option(help="camouflage: port of the gateway (default: FEINT_GATEWAY_PORT).")
+    ] = None,
 ) -> None:
-    """Run one service (what a container runs)."""
+    """Run one service (what a container runs); camouflage also runs the gateway."""
     import asyncio
 
-    from feint.platform.serve import serve_all
+    from feint.platform.serve import Servable, serve_all
 
     if name not in SERVICES:
         err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
@@ -158,10 +161,23 @@ def serve(
 
     def body() -> None:
         with platform_for(settings) as (platform, _):
-            server = uvicorn_server(
-                service_app(name, platform), settings=settings, port=port or service_port(settings, name)
-            )
-            asyncio.run(serve_all([server]))
+            servers: list[Servable] = [
+                uvicorn_server(
+                    service_app(name, platform), settings=settings, port=port or service_port(settings, name)
+                )
+            ]
+            if name == "camouflage":
+                from feint.camouflage.listener import GatewayListener
+
+                if settings.upstream_url is None:
+                    err.print("[yellow]FEINT_UPSTREAM_URL is not set: the management API only, no gateway[/yellow]")
+                else:
+                    servers.append(
+                        GatewayListener.for_platform(
+                            platform, upstream_url=settings.upstream_url, port=gateway_port or settings.gateway_port
+                        )
+                    )
+            asyncio.run(serve_all(servers))
 
     _guard(body)
 

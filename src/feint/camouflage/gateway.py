@@ -19,12 +19,19 @@ not read (no version, a broken request line, lost framing) cannot be forwarded f
 always go to a decoy, which answers them as the server it plays would.
 
 A trusted proxy (``FEINT_GATEWAY_TRUSTED_PROXIES``) may ask for decisions only, at
-``AUTHZ_PATH`` (nginx ``auth_request``, Envoy ``ext_authz``): see :mod:`feint.camouflage.authz`.
+``AUTHZ_PATH`` (nginx ``auth_request``, Envoy HTTP ``ext_authz``): the original request is
+judged exactly as above (from ``X-Original-URI``/``X-Original-Method``, nginx's convention, or
+the path after ``AUTHZ_PATH``, Envoy's ``path_prefix``; the client from ``X-Real-IP`` or the
+last ``X-Forwarded-For`` entry) and the answer is 200 (allow) or 403 with
+``X-Feint-Decision: divert``, on which the proxy sends the request to this listener with
+``X-Feint-Divert: 1`` (``docs/gateway-nginx.conf``). With ``X-Feint-Mode: route`` a divert is
+200 with ``X-Feint-Route: decoy`` instead, for Envoy's ``clear_route_cache`` routing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import time
 import uuid
 from collections import OrderedDict
@@ -78,6 +85,12 @@ UNFORWARDABLE: Final = frozenset(
     }
 )
 FALLBACK_SESSIONS_MAX: Final = 100_000
+AUTHZ_PATH: Final = b"/.feint/authz"
+DIVERT_HEADER: Final = b"x-feint-divert"
+_AUTHZ_HEADERS: Final = frozenset(
+    {b"x-original-uri", b"x-original-method", b"x-feint-mode", b"x-feint-divert", b"content-length"}
+)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Windows of addresses live beside those of clients, under this prefix (client keys are hex).
 ADDRESS_PREFIX: Final = "ip:"
 
@@ -189,7 +202,7 @@ class Gateway:
         meter: Meter | None = None,
         honeytokens: Callable[[Request, str, str], int] | None = None,
         decoy_paths: frozenset[str] = frozenset(),
-        authz: Callable[[Request, Connection], Awaitable[Reply] | None] | None = None,
+        trusted_proxies: tuple[IPNetwork, ...] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upstream = upstream
@@ -202,7 +215,7 @@ class Gateway:
         self.meter = meter
         self.honeytokens = honeytokens
         self.decoy_paths = decoy_paths
-        self.authz = authz
+        self.trusted_proxies = trusted_proxies
         self.clock = clock
 
     @property
@@ -213,11 +226,46 @@ class Gateway:
         return None  # as nginx: a client too slow to send its head is closed without an answer
 
     def respond(self, request: Request, conn: Connection) -> Awaitable[Reply]:
-        if self.authz is not None:
-            handled = self.authz(request, conn)
-            if handled is not None:
-                return handled
+        if self.trusted_proxies and request.target.startswith(AUTHZ_PATH) and self._trusted(conn):
+            return self._authz(request, conn)
         return self._respond(request, conn)
+
+    def _trusted(self, conn: Connection) -> bool:
+        try:
+            peer = ipaddress.ip_address(conn.peer_host)
+        except ValueError:
+            return False
+        return any(peer in network for network in self.trusted_proxies)
+
+    def client_ip(self, request: Request, conn: Connection) -> str:
+        """The client's address: the peer's, or what a trusted proxy says it is."""
+        if not self.trusted_proxies or not self._trusted(conn):
+            return conn.peer_host
+        real = request.header(b"x-real-ip")
+        if real:
+            return real.decode("latin-1").strip()
+        chain = [v for n, v in request.headers if n.lower() == b"x-forwarded-for"]
+        if chain:
+            return chain[-1].decode("latin-1").rsplit(",", 1)[-1].strip() or conn.peer_host
+        return conn.peer_host
+
+    async def _authz(self, request: Request, conn: Connection) -> Reply:
+        """A decision for a proxy (see the module docstring); the upstream is not called."""
+        original = _original(request)
+        judged = await self.judge(original, client_ip=self.client_ip(request, conn))
+        self.clients.put(judged.key, judged.window)
+        self._log(judged, action="divert" if judged.divert else "allow", status=None)
+        fields = [b"X-Feint-Threat: %d" % judged.assessment.level, b"Content-Length: 0"]
+        if not judged.divert:
+            status, fields = b"200 OK", [b"X-Feint-Decision: allow", *fields]
+        elif (request.header(b"x-feint-mode") or b"").lower() == b"route":
+            status, fields = b"200 OK", [b"X-Feint-Decision: divert", b"X-Feint-Route: decoy", *fields]
+        else:
+            status, fields = b"403 Forbidden", [b"X-Feint-Decision: divert", *fields]
+        close = (request.header(b"connection") or b"").lower() == b"close"
+        if close:
+            fields.append(b"Connection: close")
+        return Reply(data=b"HTTP/1.1 " + status + b"\r\n" + b"\r\n".join(fields) + b"\r\n\r\n", close=close)
 
     async def judge(self, request: Request, *, client_ip: str) -> Judgement:
         """Key, window and threat level of a request, and whether a decoy answers it."""
@@ -255,13 +303,15 @@ class Gateway:
             or request.version is None
             or bool(request.problems & UNFORWARDABLE)
         )
-        address.events.append((now, key, 1 if divert else 0))
+        address.mark(now, key, diverted=divert)
         self.clients.put(ADDRESS_PREFIX + client_ip, address)
         latency = (time.perf_counter() - started) * 1e6
         return Judgement(record, key, head_fingerprint, window, assessment, divert, session, loaded, latency)
 
     async def _respond(self, request: Request, conn: Connection) -> Reply:
-        judged = await self.judge(request, client_ip=conn.peer_host)
+        judged = await self.judge(request, client_ip=self.client_ip(request, conn))
+        if self.trusted_proxies and request.header(DIVERT_HEADER) == b"1" and self._trusted(conn):
+            judged = dataclasses.replace(judged, divert=True)  # the proxy asked us (auth_request said divert)
         if self.meter is not None and not self.meter.admit():
             self._log(judged, action="refuse", status=503)
             self.clients.put(judged.key, judged.window)
@@ -324,6 +374,22 @@ class Gateway:
                 arm=None if session is None else session.arm,
             )
         )
+
+
+def _original(request: Request) -> Request:
+    """The request a proxy asks about, rebuilt from its authz subrequest (no body: proxies send none)."""
+    target = request.header(b"x-original-uri") or request.target[len(AUTHZ_PATH) :] or b"/"
+    method = request.header(b"x-original-method") or request.method
+    headers = tuple((n, v) for n, v in request.headers if n.lower() not in _AUTHZ_HEADERS)
+    version = request.version or b"HTTP/1.1"
+    return dataclasses.replace(
+        request,
+        request_line=method + b" " + target + b" " + version,
+        method=method,
+        target=target,
+        headers=headers,
+        body=b"",
+    )
 
 
 def _with_status(record: RequestRecord, status: int | None) -> RequestRecord:

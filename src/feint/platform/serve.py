@@ -14,9 +14,9 @@ import importlib
 import signal
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import uvicorn
@@ -111,7 +111,16 @@ def uvicorn_server(app: Any, *, settings: Settings, port: int, host: str | None 
     return _Server(config)
 
 
-async def serve_all(servers: list[uvicorn.Server], *, on_ready: Callable[[], None] | None = None) -> None:
+class Servable(Protocol):
+    """What `serve_all` drives: a uvicorn server, or the gateway's raw listener."""
+
+    should_exit: bool
+    started: bool
+
+    async def serve(self) -> None: ...
+
+
+async def serve_all(servers: Sequence[Servable], *, on_ready: Callable[[], None] | None = None) -> None:
     """Run servers until SIGTERM/SIGINT, then drain them all."""
     loop = asyncio.get_running_loop()
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from feint.camouflage.gateway import Gateway
 from tests.conftest import free_port
 from tests.external.conftest import debian_tool
 
@@ -72,20 +74,67 @@ def nginx(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@contextlib.asynccontextmanager
+async def gateway_in_front_of(upstream: str) -> AsyncIterator[str]:
+    """The real gateway (decoy server + gateway responder, starter rules) in front of ``upstream``."""
+    from feint.camouflage.decoy import server
+    from feint.camouflage.engine.clients import MemoryClients
+    from feint.camouflage.engine.decisions import DecisionLog
+    from feint.camouflage.engine.rulesource import RuleReloader
+    from feint.camouflage.engine.upstream import Upstream
+    from feint.camouflage.gateway import Gateway, OnePersona
+    from feint.camouflage.listener import MinimalNginx
+
+    rules = RuleReloader.for_settings(db=None, tenant="t", ruleset="starter", path=None, poll_seconds=60)
+    await rules.refresh()
+    gateway = Gateway(
+        upstream=Upstream(upstream),
+        rules=rules,
+        clients=MemoryClients(),
+        diverter=OnePersona(MinimalNginx(), persona="nginx"),
+        decisions=DecisionLog(db=None, path=None, queue_max=100),
+        tenant_id=uuid.uuid4(),
+        divert_threshold=5,
+    )
+    listening = await server.serve(gateway, host="127.0.0.1", port=0)
+    try:
+        yield f"http://127.0.0.1:{listening.port}"
+    finally:
+        await listening.stop(grace_seconds=1)
+        await gateway.upstream.close()
+
+
 async def test_pass_through_is_faithful(nginx: str) -> None:
     """Status, body (byte for byte, compressed or not) and the forwarded-for chain survive the gateway."""
-    gateway = Gateway(nginx)
-    transport = httpx.ASGITransport(app=gateway, client=("198.51.100.4", 4000))
-    async with gateway.client, httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    async with gateway_in_front_of(nginx) as base, httpx.AsyncClient(base_url=base) as client:
         direct = httpx.get(nginx + "/big.bin")
         through = await client.get("/big.bin")
         assert through.status_code == 200
         assert through.content == direct.content
+        assert through.headers["etag"] == direct.headers["etag"]
         gz = await client.get("/", headers={"accept-encoding": "gzip"})
         assert gz.headers["content-encoding"] == "gzip"
         assert gz.text == "<h1>real nginx</h1>\n"
         echo = await client.get("/echo?a=1&b=%20x")
-        assert echo.text == "GET /echo?a=1&b=%20x 198.51.100.4\n"
+        assert echo.text == "GET /echo?a=1&b=%20x 127.0.0.1\n"
         missing = await client.get("/nope")
         assert missing.status_code == 404
         assert "nginx" in missing.text
+
+
+async def test_nmap_version_scan_meets_the_decoy(nginx: str, tmp_path: Path) -> None:
+    """nmap -sV against the gateway: its probes are answered by the decoy; nginx never sees them."""
+    binary = debian_tool("nmap", "nmap")
+    async with gateway_in_front_of(nginx) as base:
+        port = base.rsplit(":", 1)[1]
+        out = tmp_path / "nmap.txt"
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-sV", "--version-light", "-Pn", "-n", "-p", port, "-oN", str(out), "127.0.0.1",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(120):
+            await proc.wait()
+    report = out.read_text()
+    assert f"{port}/tcp open" in report and "http" in report
+    access = (tmp_path / "access.log").read_text() if (tmp_path / "access.log").exists() else ""
+    assert "Nmap" not in access and "nmap" not in access

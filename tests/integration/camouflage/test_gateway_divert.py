@@ -112,3 +112,22 @@ async def test_repository_promotion_reloads(platform: Platform, tmp_path: Path, 
         assert await reloader.refresh()
         assert reloader.current.version == 1
         assert not await reloader.refresh()  # unchanged: nothing reloaded
+
+
+async def test_authz_endpoint_for_trusted_proxy(gw: Running) -> None:
+    """A trusted proxy gets 200/403 decisions (or 200 + X-Feint-Route in route mode); others are judged as traffic."""
+    import ipaddress
+
+    gw.gateway.trusted_proxies = (ipaddress.ip_network("127.0.0.1/32"),)
+    ask = b"GET /.feint/authz HTTP/1.1\r\nHost: gw\r\nX-Original-URI: %s\r\nX-Original-Method: GET\r\n"
+    ask += b"X-Real-IP: 198.51.100.7\r\nUser-Agent: %s\r\n%sConnection: close\r\n\r\n"
+    allow = await exchange(gw.port, ask % (b"/shop", BROWSER, b""))
+    assert allow.startswith(b"HTTP/1.1 200 OK\r\nX-Feint-Decision: allow\r\nX-Feint-Threat: 0\r\n")
+    deny = await exchange(gw.port, ask % (b"/?q=1+union+select+2", BROWSER, b""))
+    assert deny.startswith(b"HTTP/1.1 403 Forbidden\r\nX-Feint-Decision: divert\r\n")
+    route = await exchange(gw.port, ask % (b"/", b"sqlmap/1.7", b"X-Feint-Mode: route\r\n"))
+    assert route.startswith(b"HTTP/1.1 200 OK\r\nX-Feint-Decision: divert\r\nX-Feint-Route: decoy\r\n")
+    assert gw.upstream.requests == []
+    gw.gateway.trusted_proxies = (ipaddress.ip_network("10.0.0.0/8"),)
+    untrusted = await exchange(gw.port, ask % (b"/shop", BROWSER, b""))
+    assert b"X-Echo: 1" in untrusted  # not a proxy we trust: an ordinary request, forwarded

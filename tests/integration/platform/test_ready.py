@@ -1,4 +1,4 @@
-"""/ready follows its dependencies; logs carry the request id; the gateway forwards."""
+"""/ready follows its dependencies; logs carry the request id; the demo application answers."""
 
 from __future__ import annotations
 
@@ -10,13 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from feint.camouflage import demo
-from feint.camouflage.gateway import Gateway
 from feint.platform import embedded, migrations
 from feint.platform.runtime import build
 from feint.platform.telemetry import configure_logging
@@ -87,47 +82,6 @@ async def test_metrics_exposes_routes_and_pool(platform: object) -> None:
     assert "feint_http_requests_in_flight" in text
     assert "feint_db_pool_connections" in text
     assert "feint_build_info" in text
-
-
-async def test_gateway_forwards_to_upstream() -> None:
-    """The gateway passes method, path, query, body and headers through and adds X-Forwarded-For."""
-    seen: dict[str, object] = {}
-
-    async def endpoint(request: Request) -> Response:
-        seen.update(
-            method=request.method,
-            url=str(request.url),
-            body=await request.body(),
-            xff=request.headers.get("x-forwarded-for"),
-        )
-        return Response(b"made", status_code=201, headers={"x-up": "1", "connection": "close"})
-
-    upstream = Starlette(routes=[Route("/a/b", endpoint, methods=["POST"])])
-    gateway = Gateway("http://upstream", transport=httpx.ASGITransport(app=upstream))
-    transport = httpx.ASGITransport(app=gateway, client=("203.0.113.7", 1234))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-        response = await client.post("/a/b?x=1", content=b"hello", headers={"x-forwarded-for": "10.0.0.1"})
-    assert response.status_code == 201 and response.content == b"made"
-    assert response.headers["x-up"] == "1" and "connection" not in response.headers
-    assert seen == {
-        "method": "POST",
-        "url": "http://upstream/a/b?x=1",
-        "body": b"hello",
-        "xff": "10.0.0.1, 203.0.113.7",
-    }
-
-
-async def test_gateway_errors() -> None:
-    """An upstream that fails is 502; a body over the limit is 413."""
-
-    async def broken(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    gateway = Gateway("http://upstream", transport=httpx.MockTransport(broken))
-    transport = httpx.ASGITransport(app=gateway)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-        assert (await client.get("/")).status_code == 502
-        assert (await client.post("/", content=b"x" * (10 * 1024 * 1024 + 1))).status_code == 413
 
 
 async def test_demo_application() -> None:

@@ -46,6 +46,11 @@ class Problem(enum.StrEnum):
     ABSOLUTE_URI = "absolute-uri"  # target `http://host/path` (not a problem for most servers)
     BARE_LF = "bare-lf"  # lines ended by LF alone
     NUL_BYTE = "nul-byte"
+    # Measured on Debian nginx 1.22 and Apache 2.4.71: nginx accepts several SP between the parts
+    # of the request line, Apache answers 400; nginx answers 400 to a lowercase method
+    # (`get / HTTP/1.1`), Apache waits for the headers and answers 501.
+    EXTRA_SPACE = "extra-space"  # more than one SP between the parts of the request line
+    LOWERCASE_METHOD = "lowercase-method"  # a valid token with lowercase letters (`get`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,13 @@ class Limits:
     body_timeout_seconds: float  # between two reads of a body
     keepalive_timeout_seconds: float  # idle time between requests on one connection
     keepalive_requests_max: int  # requests on one connection before the server closes it
+    # Problems of the request line on which the server answers at once, without waiting for
+    # the headers (nginx and Apache both answer `GARBAGE\r\n` before any header arrives; nginx
+    # also answers `GET / HTTP/2.0\r\n` at once where Apache waits). The Request then has no
+    # headers and framing_intact=False.
+    answer_at_request_line: frozenset[Problem] = frozenset(
+        {Problem.MALFORMED_REQUEST_LINE, Problem.BAD_METHOD, Problem.BAD_VERSION}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,13 @@ class Request:
     # False when framing was lost (an oversized head, a broken chunk): the server closes after
     # the reply whatever the reply says, since the next request's start is unknown.
     framing_intact: bool = True
+    # The head exactly as received, from the request line through the empty line (TRACE echoes it).
+    head: bytes = b""
+    # Trailer fields of a chunked body, as sent.
+    trailers: tuple[tuple[bytes, bytes], ...] = ()
+    # Empty lines (CRLF or LF) skipped before the request line (RFC 9112 section 2.2): nginx
+    # skips any number, Apache 2.4 at most 10 and answers 400 to the 11th.
+    empty_lines_skipped: int = 0
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (ASCII case-insensitive), or None."""

@@ -6,6 +6,8 @@ them; a bad value stops start-up with one line naming the variable (`ConfigError
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -33,6 +35,11 @@ class GatewaySettings(BaseSettings):
     divert_threshold: int = Field(
         5, ge=1, le=10, description="Threat level (0-10) at which a request is answered by a decoy."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs of proxies whose X-Real-IP/X-Forwarded-For name the client and which "
+        "may ask for decisions at /.feint/authz (nginx auth_request, Envoy ext_authz); empty: none.",
+    )
     decision_log: Path | None = Field(
         None, description="JSON-lines file every decision is appended to (what `feint shadow ingest` reads)."
     )
@@ -41,17 +48,34 @@ class GatewaySettings(BaseSettings):
     )
 
 
+def trusted_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The networks of ``FEINT_GATEWAY_TRUSTED_PROXIES``; ConfigError naming a bad one."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "FEINT_GATEWAY_TRUSTED_PROXIES", f"{part!r} is not a network", "CIDRs, comma-separated"
+            ) from None
+    return tuple(networks)
+
+
 class MeteringSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEINT_METERING_", extra="ignore", frozen=True)
 
     mode: Literal["off", "open", "closed"] = Field(
         "off",
         description="`off`: no charge; `open`: charge, keep serving when credits is unreachable or the tenant "
-        "is out of credits; `closed`: refuse (503/402) then.",
+        "is out of credits; `closed`: answer 503 then.",
     )
     credits_url: str = Field("http://127.0.0.1:5004", description="Credits API the gateway charges through.")
     operator_key: str | None = Field(None, repr=False, description="Operator API key for the credits API.")
-    account: str = Field("usage", description="The tenant's credits account that protected requests are charged to.")
+    account: uuid.UUID | None = Field(
+        None, description="Id of the tenant's credits account each protected request is charged to (one credit)."
+    )
     window_seconds: float = Field(5.0, gt=0, le=3600, description="One hold per window, captured with the count.")
     hold_credits: int = Field(10_000, gt=0, description="Credits held per window (a new hold when they run out).")
 

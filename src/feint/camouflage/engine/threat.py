@@ -38,6 +38,7 @@ THREAT_MAX: Final = 10
 # Sliding window of behaviour per client, and what it may hold.
 WINDOW_SECONDS: Final = 60.0
 WINDOW_EVENTS_MAX: Final = 512
+WINDOW_SEARCH_MAX: Final = 64  # newest events searched for the request an answer belongs to
 CARRIED_HITS_MAX: Final = 16
 # How much of a body and of the other headers the rules read (the rest is not inspected).
 BODY_INSPECT_BYTES_MAX: Final = 16_384
@@ -130,33 +131,77 @@ class Assessment:
         return [reason.to_dict() for reason in self.reasons]
 
 
+FLAGGED: Final = 1  # the status of an address window's event whose client was diverted
+
+
 @dataclass(slots=True)
 class ClientWindow:
-    """What one client did in the last ``WINDOW_SECONDS``; bounded, serialisable (Redis)."""
+    """What one client (or one address) did in the last ``WINDOW_SECONDS``; bounded, serialisable
+    (Redis). Counters are kept as events come and go, so that judging a request costs the same
+    however busy its client is.
 
-    # (time, path, status or 0 while unanswered), oldest first, at most WINDOW_EVENTS_MAX
-    events: deque[tuple[float, str, int]] = field(default_factory=lambda: deque(maxlen=WINDOW_EVENTS_MAX))
+    Events are ``(time, path, status)``: status 0 while unanswered. An address's window holds
+    ``(time, client key, FLAGGED or 0)`` instead (`mark`)."""
+
+    events: deque[tuple[float, str, int]] = field(default_factory=deque)
     # post-response rule hits: (time, rule key, weight), at most CARRIED_HITS_MAX
     carried: deque[tuple[float, str, float]] = field(default_factory=lambda: deque(maxlen=CARRIED_HITS_MAX))
     decoy_paths: int = 0
     honeytokens: int = 0
+    answers: int = 0  # events with an HTTP status
+    errors: int = 0  # of which 4xx
+    missing: dict[str, int] = field(default_factory=dict)  # path -> events answered 404
+    flagged: dict[str, int] = field(default_factory=dict)  # client key -> diverted events (address)
+
+    def _count(self, path: str, status: int, sign: int) -> None:
+        if status == FLAGGED:
+            left = self.flagged.get(path, 0) + sign
+            if left:
+                self.flagged[path] = left
+            else:
+                self.flagged.pop(path, None)
+            return
+        if status < 100:
+            return
+        self.answers += sign
+        if 400 <= status < 500:
+            self.errors += sign
+        if status == NOT_FOUND:
+            left = self.missing.get(path, 0) + sign
+            if left:
+                self.missing[path] = left
+            else:
+                self.missing.pop(path, None)
+
+    def _append(self, event: tuple[float, str, int]) -> None:
+        if len(self.events) >= WINDOW_EVENTS_MAX:
+            _, path, status = self.events.popleft()
+            self._count(path, status, -1)
+        self.events.append(event)
+        self._count(event[1], event[2], 1)
 
     def expire(self, now: float) -> None:
         cutoff = now - WINDOW_SECONDS
         while self.events and self.events[0][0] < cutoff:
-            self.events.popleft()
+            _, path, status = self.events.popleft()
+            self._count(path, status, -1)
         while self.carried and self.carried[0][0] < cutoff:
             self.carried.popleft()
 
     def seen(self, now: float, path: str) -> None:
-        self.events.append((now, path, 0))
+        self._append((now, path, 0))
+
+    def mark(self, now: float, key: str, *, diverted: bool) -> None:
+        """An address window: one request of client ``key``, diverted or not."""
+        self._append((now, key, FLAGGED if diverted else 0))
 
     def answered(self, path: str, status: int) -> None:
         """Record the status of the newest unanswered request for ``path``."""
-        for index in range(len(self.events) - 1, -1, -1):
+        for index in range(len(self.events) - 1, max(-1, len(self.events) - 1 - WINDOW_SEARCH_MAX), -1):
             at, seen_path, seen_status = self.events[index]
             if seen_path == path and seen_status == 0:
                 self.events[index] = (at, seen_path, status)
+                self._count(path, status, 1)
                 return
 
     def carry(self, now: float, hits: Iterable[tuple[str, float]]) -> None:
@@ -173,7 +218,8 @@ class ClientWindow:
     def from_json(cls, raw: bytes) -> ClientWindow:
         data = json.loads(raw)
         window = cls(decoy_paths=int(data["d"]), honeytokens=int(data["h"]))
-        window.events.extend((float(t), str(p), int(s)) for t, p, s in data["e"][-WINDOW_EVENTS_MAX:])
+        for t, p, s in data["e"][-WINDOW_EVENTS_MAX:]:
+            window._append((float(t), str(p), int(s)))
         window.carried.extend((float(t), str(k), float(w)) for t, k, w in data["c"][-CARRIED_HITS_MAX:])
         return window
 
@@ -309,11 +355,10 @@ def behaviour(window: ClientWindow, *, now: float) -> list[Reason]:
         reasons.append(Reason("rate", RATE_EXTREME_POINTS, f"{count} requests in {WINDOW_SECONDS:g} s"))
     elif count > RATE_REQUESTS_HIGH:
         reasons.append(Reason("rate", RATE_POINTS, f"{count} requests in {WINDOW_SECONDS:g} s"))
-    answered = [status for _, _, status in window.events if status]
-    errors = sum(1 for status in answered if 400 <= status < 500)
-    if len(answered) >= ERRORS_ANSWERED_MIN and errors / len(answered) >= ERRORS_SHARE_HIGH:
-        reasons.append(Reason("errors", ERRORS_SHARE_POINTS, f"{errors} of {len(answered)} answers were 4xx"))
-    missing = len({path for _, path, status in window.events if status == NOT_FOUND})
+    answers, errors = window.answers, window.errors
+    if answers >= ERRORS_ANSWERED_MIN and errors / answers >= ERRORS_SHARE_HIGH:
+        reasons.append(Reason("errors", ERRORS_SHARE_POINTS, f"{errors} of {answers} answers were 4xx"))
+    missing = len(window.missing)
     if missing >= NOT_FOUND_PATHS_EXTREME:
         reasons.append(Reason("breadth", BREADTH_EXTREME_POINTS, f"{missing} distinct paths answered 404"))
     elif missing >= NOT_FOUND_PATHS_HIGH:
@@ -332,7 +377,7 @@ def address_behaviour(window: ClientWindow, *, now: float, key: str) -> list[Rea
     """Points from the other clients of the same address (``window`` holds, per request of the
     address, ``(time, client key, 1 if diverted else 0)``)."""
     window.expire(now)
-    diverted = sum(flag for _, other, flag in window.events if other != key)
+    diverted = sum(window.flagged.values()) - window.flagged.get(key, 0)
     if diverted < ADDRESS_DIVERTED_MIN:
         return []
     return [Reason("address", ADDRESS_DIVERTED_POINTS, f"{diverted} diverted requests of other clients")]

@@ -1,0 +1,89 @@
+"""Client windows shared through Redis; the decision queue drops (and counts) instead of blocking."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from feint.camouflage.engine import threat
+from feint.camouflage.engine.clients import MemoryClients, RedisClients
+from feint.camouflage.engine.decisions import DECISIONS_DROPPED, Decision, DecisionLog
+from feint.platform.cache import RedisBackend
+from feint.shadow.record import RequestRecord
+
+pytestmark = pytest.mark.integration
+
+
+async def test_redis_windows_shared_by_replicas(redis_url: str, redis_prefix: str) -> None:
+    """What one replica records about a client, another reads."""
+    first = RedisBackend(redis_url, prefix=redis_prefix)
+    second = RedisBackend(redis_url, prefix=redis_prefix)
+    a, b = RedisClients(first), RedisClients(second)
+    key = uuid.uuid4().hex
+    window = await a.get(key)
+    for n in range(10):
+        window.seen(100.0 + n, f"/missing-{n}")
+        window.answered(f"/missing-{n}", 404)
+    a.put(key, window)
+    await a.drain()
+    seen = await b.get(key)
+    assert seen.answers == 10 and len(seen.missing) == 10
+    assert {r.signal for r in threat.behaviour(seen, now=110.0)} == {"errors", "breadth"}
+    await first.close()
+    await second.close()
+
+
+def test_memory_clients_bounded() -> None:
+    """The in-process store keeps at most its named number of clients (least recent out)."""
+    store = MemoryClients(entries_max=3)
+    for n in range(5):
+        store.local(f"k{n}")
+    assert len(store) == 3
+
+
+def test_window_counters_match_a_recount() -> None:
+    """After random requests, answers and expiry, the running counters equal a recount."""
+    rng = random.Random(3)
+    window = threat.ClientWindow()
+    now = 0.0
+    for _ in range(3_000):
+        now += rng.random()
+        path = f"/p{rng.randrange(40)}"
+        if rng.random() < 0.6:
+            window.seen(now, path)
+        else:
+            window.answered(path, rng.choice((200, 404, 403, 500)))
+        window.expire(now)
+    statuses = [s for _, _, s in window.events if s >= 100]
+    assert window.answers == len(statuses)
+    assert window.errors == sum(1 for s in statuses if 400 <= s < 500)
+    assert set(window.missing) == {p for _, p, s in window.events if s == 404}
+    assert len(window.events) <= threat.WINDOW_EVENTS_MAX
+
+
+async def test_full_queue_drops_and_counts() -> None:
+    """Submitting to a full queue returns at once and counts the drop."""
+    log = DecisionLog(db=None, path=None, queue_max=1)
+    before = DECISIONS_DROPPED.labels("queue-full")._value.get()
+    for n in range(3):
+        log.submit(
+            Decision(
+                record=RequestRecord(id=str(uuid.uuid4()), c_ip="192.0.2.1", cs_method="GET", cs_uri_stem=f"/{n}"),
+                decided_at=datetime.now(UTC),
+                tenant_id=uuid.uuid4(),
+                client_key="0" * 32,
+                fingerprint="fh1_11_t_000000000000",
+                threat=0,
+                action="allow",
+                explanation=[],
+                rules=(),
+                rules_tag="t",
+                eval_latency_us=1.0,
+            )
+        )
+    assert DECISIONS_DROPPED.labels("queue-full")._value.get() - before == 2
+    await log.flush()
+    assert log.written == 1
