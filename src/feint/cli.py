@@ -34,6 +34,7 @@ from feint.platform.serve import (
 )
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
+from feint.shadow.canary.cli import rollout_app
 from feint.shadow.cli import shadow_app
 from feint.shadow.rules_cli import rules_app
 
@@ -51,6 +52,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(rules_app, name="rules")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(camouflage_app, name="camouflage")
+app.add_typer(rollout_app, name="rollout")
 
 err = Console(stderr=True)
 out = Console()

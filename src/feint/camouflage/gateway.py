@@ -384,6 +384,8 @@ class Gateway:
                 rules=judged.assessment.rules,
                 rules_tag=judged.rules.tag,
                 ruleset_version=judged.rules.version,
+                rollout_id=judged.rules.rollout_id,
+                canary=judged.rules.canary,
                 eval_latency_us=judged.eval_latency_us,
                 session_id=None if session is None else str(session.id),
                 persona=None if session is None else session.persona,
