@@ -24,6 +24,7 @@ from feint.platform.secrets import derive, load_master_key
 from feint.platform.serve import SERVICES, platform_for, resolve_database, service_app, service_port, uvicorn_server
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
+from feint.shadow.canary.cli import rollout_app
 from feint.shadow.cli import shadow_app
 from feint.shadow.rules_cli import rules_app
 
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(rules_app, name="rules")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(rollout_app, name="rollout")
 
 err = Console(stderr=True)
 out = Console()

@@ -7,6 +7,9 @@ from fastapi import FastAPI
 from feint.platform.runtime import Platform
 from feint.platform.web import create_app
 from feint.shadow import views
+from feint.shadow.canary import views as canary_views
+from feint.shadow.canary.controller import Controller
+from feint.shadow.canary.live import DecisionLogSource
 from feint.shadow.jobs import EvaluationRunner
 
 DESCRIPTION = "Versioned Sigma rules, evaluated on recorded traffic against production before they go live."
@@ -24,12 +27,27 @@ async def _stop_evaluations(platform: Platform) -> None:
     await runner.stop()
 
 
+CONTROLLER_KEY = "shadow.canary_controller"
+
+
+async def _start_canary(platform: Platform) -> None:
+    controller = platform.extras.get(CONTROLLER_KEY)
+    if controller is None:
+        controller = platform.extras[CONTROLLER_KEY] = Controller(platform.db, source=DecisionLogSource(platform.db))
+    await controller.start()
+
+
+async def _stop_canary(platform: Platform) -> None:
+    controller: Controller = platform.extras[CONTROLLER_KEY]
+    await controller.stop()
+
+
 def create(platform: Platform) -> FastAPI:
     return create_app(
         "shadow",
         platform=platform,
         description=DESCRIPTION,
-        routers=[views.router],
-        on_startup=[_start_evaluations],
-        on_shutdown=[_stop_evaluations],
+        routers=[views.router, canary_views.router],
+        on_startup=[_start_evaluations, _start_canary],
+        on_shutdown=[_stop_canary, _stop_evaluations],
     )

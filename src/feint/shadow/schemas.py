@@ -206,6 +206,9 @@ class HistoryOut(_Out):
     actor: str = Field(description="Who: key:<API key id>, cli:<user>, or feint for the starter set.")
     reason: str
     at: datetime
+    details: dict[str, Any] | None = Field(
+        None, description="For a canary event: the rollout, its weight and the guard results behind the change."
+    )
 
     @classmethod
     def of(cls, row: store.HistoryRow) -> HistoryOut:
@@ -219,6 +222,7 @@ class HistoryOut(_Out):
             actor=row.actor,
             reason=row.reason,
             at=row.recorded_at,
+            details=row.details,
         )
 
 

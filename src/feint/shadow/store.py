@@ -79,6 +79,7 @@ class HistoryRow:
     actor: str
     reason: str
     recorded_at: datetime
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,12 +358,24 @@ async def insert_history(
     actor: str,
     reason: str,
     replaced: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(
         b"""INSERT INTO shadow_history (tenant_id, ruleset_id, event, number, from_state, to_state, replaced, actor,
-                                        reason)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-        (tenant_id, ruleset_id, event, number, from_state, to_state, replaced, actor, reason),
+                                        reason, details)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (
+            tenant_id,
+            ruleset_id,
+            event,
+            number,
+            from_state,
+            to_state,
+            replaced,
+            actor,
+            reason[:2000],
+            None if details is None else Jsonb(details),
+        ),
     )
 
 
@@ -372,7 +385,7 @@ async def list_history(
     """Newest first; ``before`` (a ``seq``) pages to older events."""
     rows = await _all(
         conn,
-        """SELECT seq, ruleset_id, event, number, from_state, to_state, replaced, actor, reason, recorded_at
+        """SELECT seq, ruleset_id, event, number, from_state, to_state, replaced, actor, reason, recorded_at, details
            FROM shadow_history
            WHERE tenant_id = %s AND ruleset_id = %s AND (%s::bigint IS NULL OR seq < %s)
            ORDER BY seq DESC LIMIT %s""",
