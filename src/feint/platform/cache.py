@@ -46,6 +46,7 @@ class RateDecision:
 
 class RateLimiter(Protocol):
     async def acquire(self, key: str, *, rate: float, burst: int) -> RateDecision: ...
+    async def close(self) -> None: ...
 
 
 def take_token(tokens: float, stamp: float, now: float, *, rate: float, burst: int) -> tuple[bool, float]:
@@ -152,26 +153,28 @@ class MemoryRateLimiter:
             self._buckets.popitem(last=False)
         return decision(allowed, tokens, rate=rate, burst=burst)
 
+    async def close(self) -> None:
+        self._buckets.clear()
 
-# The same rule as `take_token`, run atomically inside Redis so replicas share one bucket.
+
+# The rule of `take_token`, run atomically inside Redis so replicas share one bucket, taking up to
+# ARGV[3] whole tokens at once (1 per request for `acquire`; blocks for `feint.platform.ratelimit`).
 # Time comes from the Redis server so that replicas with skewed clocks agree.
 _BUCKET_SCRIPT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens = tonumber(state[1]) or burst
 local stamp = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local allowed = 0
-if tokens >= 1 then
-  allowed = 1
-  tokens = tokens - 1
-end
+local granted = math.max(0, math.min(want, math.floor(tokens)))
+tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return {allowed, tostring(tokens)}
+return {granted, tostring(tokens)}
 """
 
 
@@ -216,7 +219,12 @@ class RedisBackend:
         await self._client.aclose()
 
     async def acquire(self, key: str, *, rate: float, burst: int) -> RateDecision:
-        allowed, tokens = await self._call(
-            "rate-limit", self._bucket(keys=[self._prefix + "rl:" + key], args=[rate, burst])
+        granted, tokens = await self.lease(key, rate=rate, burst=burst, tokens=1)
+        return decision(granted == 1, tokens, rate=rate, burst=burst)
+
+    async def lease(self, key: str, *, rate: float, burst: int, tokens: int) -> tuple[int, float]:
+        """Take up to ``tokens`` whole tokens from the shared bucket at once: (granted, left)."""
+        granted, left = await self._call(
+            "rate-limit", self._bucket(keys=[self._prefix + "rl:" + key], args=[rate, burst, tokens])
         )
-        return decision(bool(allowed), float(tokens), rate=rate, burst=burst)
+        return int(granted), float(left)

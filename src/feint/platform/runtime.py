@@ -12,6 +12,7 @@ from typing import Any
 from feint.platform.cache import Cache, MemoryCache, MemoryRateLimiter, RateLimiter, RedisBackend
 from feint.platform.db import Database
 from feint.platform.keys import KeyHasher, KeyResolver
+from feint.platform.ratelimit import LeasedRateLimiter
 from feint.platform.secrets import derive, load_master_key
 from feint.platform.telemetry import configure_tracing, shutdown_tracing
 from feint.settings import Settings
@@ -40,6 +41,7 @@ class Platform:
     async def close(self) -> None:
         self._opened -= 1
         if self._opened == 0:
+            await self.limiter.close()
             await self.db.close()
             await self.cache.close()
             shutdown_tracing()
@@ -59,7 +61,8 @@ def build(
     limiter: RateLimiter
     if settings.redis_url:
         redis = RedisBackend(settings.redis_url, prefix=settings.redis_key_prefix)
-        cache, limiter = redis, redis
+        # Leases of tokens from the shared bucket: no Redis round trip per request.
+        cache, limiter = redis, LeasedRateLimiter(redis)
     else:
         cache, limiter = MemoryCache(), MemoryRateLimiter()
     hasher = KeyHasher(derive(master_key, "api-key-hash"))

@@ -146,13 +146,21 @@ async def test_payload_too_large(
         assert r2.status_code == 413
 
 
-async def test_rate_limit_in_process(
-    clean_db: str, make_settings: Callable[..., Settings], api_key: Callable[..., str]
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_rate_limit(
+    backend: str,
+    clean_db: str,
+    make_settings: Callable[..., Settings],
+    api_key: Callable[..., str],
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
-    """Past the burst a key gets 429 with Retry-After and RateLimit-* headers."""
+    """Past the burst a key gets 429 with Retry-After and RateLimit-* headers (in process, and leased from Redis)."""
     key = api_key(tenant="acme", scope="read")
+    redis = {"redis_url": redis_url, "redis_key_prefix": redis_prefix} if backend == "redis" else {}
     built = build(
-        make_settings(database_url=clean_db, rate_limit_burst=3, rate_limit_per_second=0.5), database_url=clean_db
+        make_settings(database_url=clean_db, rate_limit_burst=3, rate_limit_per_second=0.5, **redis),
+        database_url=clean_db,
     )
     async with serve_app(create_app("t", platform=built, routers=[_router()])) as client:
         codes = []

@@ -1,0 +1,81 @@
+"""`feint serve NAME --workers N`: N processes on one port, each serving, all stopped by one SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port, service_env
+
+pytestmark = pytest.mark.e2e
+START_SECONDS_MAX = 60
+# /metrics requests this worker answered before (its own registry): counts repeat across workers.
+_SEEN = re.compile(r'^feint_http_requests_total\{[^}]*route="/metrics"[^}]*\} ([0-9.e+]+)$', re.M)
+
+
+def test_workers_share_one_port_and_stop_on_sigterm(
+    clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Two workers listen on the port, fresh connections reach both, SIGTERM stops all with exit 0."""
+    env = service_env(clean_db, tmp_path, FEINT_REDIS_URL=redis_url, FEINT_REDIS_KEY_PREFIX=redis_prefix)
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="feint-workers-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + START_SECONDS_MAX
+        while True:
+            workers = parent.children()
+            listening = [
+                w for w in workers if any(c.laddr.port == port and c.status == "LISTEN" for c in w.net_connections())
+            ]
+            if len(listening) == 2:
+                break
+            assert proc.poll() is None, Path(log.name).read_text()[-2000:]
+            assert time.monotonic() < deadline, Path(log.name).read_text()[-2000:]
+            time.sleep(0.2)
+        assert not any(c.status == "LISTEN" for c in parent.net_connections())  # the supervisor takes none
+        seen = []
+        for _ in range(40):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # a new connection each time
+                response = client.get("/metrics")
+            assert response.status_code == 200
+            found = _SEEN.search(response.text)
+            seen.append(float(found.group(1)) if found else 0.0)
+        assert len(set(seen)) < len(seen)  # one process would count 0, 1, 2, …: both workers answered
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_without_redis_refused(clean_db: str, tmp_path: Path) -> None:
+    """More than one worker without Redis exits 2 naming FEINT_REDIS_URL (limits would be per process)."""
+    env = service_env(clean_db, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "feint", "serve", "credits", "--port", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "FEINT_REDIS_URL" in result.stderr
