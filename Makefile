@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint security bench load chaos format clean
+.PHONY: install install-dev up test lint security bench load chaos format clean deploy-tools deploy-check
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -65,6 +65,19 @@ load: install $(LOADSTAMP)
 ## chaos: faults under load (kill -9, PostgreSQL and Redis restarts, a slow lossy database link, a full backup disk); root
 chaos: install
 	$(BIN)/python bench/chaos/chaos.py $(CHAOS_ARGS)
+## deploy-tools: checkov and hadolint in their own virtualenv (.venv-tools; pinned in deploy/tools-requirements.txt)
+TOOLS_VENV ?= .venv-tools
+$(TOOLS_VENV)/.installed: deploy/tools-requirements.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet -r deploy/tools-requirements.txt
+	@touch $@
+
+deploy-tools: $(TOOLS_VENV)/.installed
+
+## deploy-check: render and validate deploy/ offline (kubectl, promtool and amtool from Debian on PATH)
+deploy-check: install-dev deploy-tools
+	$(BIN)/ruff check deploy
+	$(BIN)/python -m deploy.checks
 
 ## lock: re-resolve the pinned dependencies (needs the network)
 lock:
