@@ -36,9 +36,6 @@ CREATE TABLE shadow_rollouts (
 CREATE UNIQUE INDEX shadow_rollouts_one_live ON shadow_rollouts (tenant_id, ruleset_id)
     WHERE phase IN ('running', 'paused');
 CREATE INDEX shadow_rollouts_due ON shadow_rollouts (next_check_at) WHERE phase = 'running';
--- The guards read both slices of a rollout over a step's time window.
-CREATE INDEX camouflage_decisions_rollout ON camouflage_decisions (tenant_id, rollout_id, decided_at)
-    WHERE rollout_id IS NOT NULL;
 
 -- Feedback on clients, the ground truth of the canary's false-positive and detection guards:
 -- analysts' verdicts and customers' appeals (the allow-list and decoy engagement come from the
@@ -73,6 +70,5 @@ ALTER TABLE shadow_history DROP COLUMN details;
 ALTER TABLE shadow_history DROP CONSTRAINT shadow_history_event_check;
 ALTER TABLE shadow_history ADD CONSTRAINT shadow_history_event_check
     CHECK (event IN ('created', 'installed', 'transition', 'retired', 'rollback'));
-DROP INDEX camouflage_decisions_rollout;
 DROP TABLE shadow_feedback;
 DROP TABLE shadow_rollouts;
