@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -357,10 +357,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `feint keys 
 def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
     """A dependency that authenticates the caller and checks ``required``; 401 or 403 otherwise.
 
-    An operator key acts on the tenant named by the ``Feint-Tenant`` header (or none)."""
+    An operator key acts on the tenant named by the ``Feint-Tenant`` header (or none). ``required``
+    is declared as the bearer scheme's role, so each operation's OpenAPI ``security`` names it
+    (OpenAPI 3.1 allows roles for non-OAuth schemes) and tests read the scopes from the document."""
 
     async def dependency(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[required])
     ) -> RequestContext:
         platform: Platform = request.app.state.platform
         if credentials is None or credentials.scheme.lower() != "bearer":
