@@ -351,6 +351,11 @@ class RequestContext:
     idempotency_key: str | None
 
 
+def _route(request: Request) -> str:
+    """The matched route's template: the raw path may hold a pasted key or card number (never logged)."""
+    return str(getattr(request.scope.get("route"), "path", "?"))
+
+
 _bearer = HTTPBearer(auto_error=False, description="An API key from `feint keys create`.")
 
 
@@ -366,11 +371,11 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
     ) -> RequestContext:
         platform: Platform = request.app.state.platform
         if credentials is None or credentials.scheme.lower() != "bearer":
-            security_log.warning("auth_failed", reason="missing", path=request.url.path)
+            security_log.warning("auth_failed", reason="missing", route=_route(request))
             raise Unauthenticated("missing bearer API key (Authorization: Bearer <key>)")
         principal = await platform.keys.resolve(credentials.credentials)
         if principal is None:
-            security_log.warning("auth_failed", reason="invalid-or-revoked", path=request.url.path)
+            security_log.warning("auth_failed", reason="invalid-or-revoked", route=_route(request))
             raise Unauthenticated("API key is invalid or revoked")
         decision = await platform.limiter.acquire(
             f"key:{principal.key_id}",
@@ -382,7 +387,7 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
             raise RateLimited("rate limit of this API key exceeded", retry_after_seconds=decision.retry_after_seconds)
         if not principal.allows(required):
             security_log.warning(
-                "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, path=request.url.path
+                "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, route=_route(request)
             )
             raise Forbidden(f"this key has scope '{principal.scope}'; the route needs '{required}'")
         tenant_id = principal.tenant_id
