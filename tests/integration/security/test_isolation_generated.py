@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from feint.camouflage.app import create as create_camouflage
 from feint.credits.app import create as create_credits
 from feint.credits.config import CreditsSettings
 from feint.platform.runtime import Platform
@@ -264,4 +265,10 @@ async def test_shadow_routes_isolate_tenants(platform: Platform, api_key: Callab
 async def test_shadow_routes_need_a_valid_key(platform: Platform) -> None:
     """Every /v1 shadow operation answers 401 with no key, a made-up key, and a malformed header."""
     async with serve_app(create_shadow(platform)) as client:
+        await all_unauthenticated(client)
+
+
+async def test_camouflage_routes_need_a_valid_key(platform: Platform) -> None:
+    """Every /v1 camouflage operation answers 401 with no key, a made-up key, and a malformed header."""
+    async with serve_app(create_camouflage(platform)) as client:
         await all_unauthenticated(client)
