@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from feint.camouflage.app import create as create_camouflage
@@ -116,13 +117,21 @@ async def walk(
     return checked
 
 
-async def all_unauthenticated(client: httpx.AsyncClient) -> None:
-    """Every /v1 operation answers 401 (problem+json) with no key, a made-up key and a non-bearer scheme."""
+def revoked_key(api_key: Callable[..., str], database_url: str) -> str:
+    """A real admin key of tenant acme, then revoked."""
+    key = api_key(tenant="acme", scope="admin")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL")
+    return str(key)
+
+
+async def all_unauthenticated(client: httpx.AsyncClient, revoked: str) -> None:
+    """Every /v1 operation answers 401 (problem+json) with no key, a made-up or revoked key, a non-bearer scheme."""
     fake = "feint_" + uuid.uuid4().hex
     document = (await client.get("/openapi.json")).json()
     for method, path, _ in operations(document):
         url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
-        for headers in ({}, bearer(fake), {"authorization": f"Basic {fake}"}):
+        for headers in ({}, bearer(fake), bearer(revoked), {"authorization": f"Basic {fake}"}):
             r = await client.request(method.upper(), url, headers=headers, json={})
             assert r.status_code == 401, f"{method.upper()} {path} with {headers or 'no key'}: {r.status_code}"
             assert json.loads(r.text)["status"] == 401
@@ -180,11 +189,11 @@ async def test_credits_routes_isolate_tenants(
         assert own.status_code == 200, own.text
 
 
-async def test_credits_routes_need_a_valid_key(platform: Platform, api_key: Callable[..., str]) -> None:
+async def test_credits_routes_need_a_valid_key(platform: Platform, api_key: Callable[..., str], clean_db: str) -> None:
     """Every /v1 credits operation answers 401 with no key, a made-up key, and a malformed header."""
     app = create_credits(platform, settings=CreditsSettings(sweeper_interval_seconds=0, cache="off"))
     async with serve_app(app) as client:
-        await all_unauthenticated(client)
+        await all_unauthenticated(client, revoked_key(api_key, clean_db))
 
 
 async def shadow_of_tenant_a(client: httpx.AsyncClient, a: dict[str, str]) -> dict[str, str]:
@@ -262,13 +271,15 @@ async def test_shadow_routes_isolate_tenants(platform: Platform, api_key: Callab
         assert own.status_code == 200 and own.json()["phase"] == "running", own.text
 
 
-async def test_shadow_routes_need_a_valid_key(platform: Platform) -> None:
+async def test_shadow_routes_need_a_valid_key(platform: Platform, api_key: Callable[..., str], clean_db: str) -> None:
     """Every /v1 shadow operation answers 401 with no key, a made-up key, and a malformed header."""
     async with serve_app(create_shadow(platform)) as client:
-        await all_unauthenticated(client)
+        await all_unauthenticated(client, revoked_key(api_key, clean_db))
 
 
-async def test_camouflage_routes_need_a_valid_key(platform: Platform) -> None:
+async def test_camouflage_routes_need_a_valid_key(
+    platform: Platform, api_key: Callable[..., str], clean_db: str
+) -> None:
     """Every /v1 camouflage operation answers 401 with no key, a made-up key, and a malformed header."""
     async with serve_app(create_camouflage(platform)) as client:
-        await all_unauthenticated(client)
+        await all_unauthenticated(client, revoked_key(api_key, clean_db))
