@@ -250,8 +250,12 @@ def service_env(database_url: str, home: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_service(name: str, env: dict[str, str], *, port: int | None = None, workers: int = 1) -> Iterator[str]:
-    """`feint serve NAME` in a subprocess (one process unless told); yields its base URL once /health answers."""
+def running_service(
+    name: str, env: dict[str, str], *, port: int | None = None, workers: int = 1, log_to: list[str] | None = None
+) -> Iterator[str]:
+    """`feint serve NAME` in a subprocess (one process unless told); yields its base URL once /health answers.
+
+    ``log_to``: a list that gets the process's whole stdout and stderr once it has stopped."""
     port = port or free_port()
     log_file = tempfile.NamedTemporaryFile(prefix=f"feint-{name}-", suffix=".log", delete=False)
     proc = subprocess.Popen(
@@ -282,6 +286,8 @@ def running_service(name: str, env: dict[str, str], *, port: int | None = None, 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log_to is not None:
+            log_to.append(Path(log_file.name).read_text(errors="replace"))
         os.unlink(log_file.name)
 
 

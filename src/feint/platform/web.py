@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -359,6 +359,11 @@ class RequestContext:
     idempotency_key: str | None
 
 
+def _route(request: Request) -> str:
+    """The matched route's template: the raw path may hold a pasted key or card number (never logged)."""
+    return str(getattr(request.scope.get("route"), "path", "?"))
+
+
 _bearer = HTTPBearer(auto_error=False, description="An API key from `feint keys create`.")
 
 
@@ -389,18 +394,18 @@ async def authenticate(
     The one implementation behind `scope` (FastAPI routes) and hand-dispatched hot routes; sets
     ``state["rate"]`` for the RateLimit-* headers. Raises 401, 403, 404 (unknown tenant), 422, 429."""
     if token is None:
-        security_log.warning("auth_failed", reason="missing", path=path)
+        security_log.warning("auth_failed", reason="missing", route=path)
         raise Unauthenticated("missing bearer API key (Authorization: Bearer <key>)")
     principal = await platform.keys.resolve(token)
     if principal is None:
-        security_log.warning("auth_failed", reason="invalid-or-revoked", path=path)
+        security_log.warning("auth_failed", reason="invalid-or-revoked", route=path)
         # A key that looks like a planted honeytoken raises the camouflage alert (valid keys never get here).
         await platform.keys.report_failure(token, service=service, path=path, src_host=src_host)
         raise Unauthenticated("API key is invalid or revoked")
     await rate_limit(platform, f"key:{principal.key_id}", state=state, refusal="rate limit of this API key exceeded")
     if not principal.allows(required):
         security_log.warning(
-            "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, path=path
+            "scope_denied", key_id=str(principal.key_id), has=principal.scope, needs=required, route=path
         )
         raise Forbidden(f"this key has scope '{principal.scope}'; the route needs '{required}'")
     tenant_id = principal.tenant_id
@@ -425,17 +430,19 @@ async def authenticate(
 def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
     """A dependency that authenticates the caller and checks ``required``; 401 or 403 otherwise.
 
-    An operator key acts on the tenant named by the ``Feint-Tenant`` header (or none)."""
+    An operator key acts on the tenant named by the ``Feint-Tenant`` header (or none). ``required``
+    is declared as the bearer scheme's role, so each operation's OpenAPI ``security`` names it
+    (OpenAPI 3.1 allows roles for non-OAuth schemes) and tests read the scopes from the document."""
 
     async def dependency(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[required])
     ) -> RequestContext:
         token = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
         return await authenticate(
             request.app.state.platform,
             token=token,
             required=required,
-            path=request.url.path,
+            path=_route(request),
             tenant_name=request.headers.get(TENANT_HEADER),
             idempotency_key=request.headers.get("idempotency-key"),
             state=request.scope["state"],
