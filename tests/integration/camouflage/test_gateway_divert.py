@@ -10,7 +10,7 @@ import pytest
 
 from feint.camouflage.engine.rulesource import RuleReloader
 from feint.platform.runtime import Platform
-from feint.shadow.traffic import ingest
+from feint.shadow.ingest import ingest
 from tests.integration.camouflage.conftest import DECOY_BODY, Running, exchange, running_gateway
 
 pytestmark = pytest.mark.integration

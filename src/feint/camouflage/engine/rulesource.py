@@ -49,7 +49,7 @@ JOIN shadow_versions v ON v.tenant_id = r.tenant_id AND v.ruleset_id = r.id AND 
 WHERE t.name = %(tenant)s AND r.name = %(ruleset)s
 """
 
-# The live canary rollout of the rule set, if any (migration 0008); paused rollouts keep their weight.
+# The live canary rollout of the rule set, if any (migration 0006); paused rollouts keep their weight.
 _CANARY_SQL: Final = """
 SELECT ro.tenant_id, ro.ruleset_id, ro.id AS rollout_id, ro.candidate, ro.weight, ro.phase, v.content_hash
 FROM tenants t

@@ -30,8 +30,8 @@ from feint.camouflage.engine.rulesource import Canary, LoadedRules, RuleReloader
 from feint.camouflage.gateway import Gateway, Session
 from feint.shadow.canary import plan as plans
 from feint.shadow.canary.simulate import Verdict, run
-from feint.shadow.dataset import read_records
 from feint.shadow.evaluate import _prepare_traffic
+from feint.shadow.ingest.dataset import read_records
 from feint.shadow.labels import load_labels
 from feint.shadow.record import RequestRecord
 from feint.shadow.rules import load_rules, rule_set
@@ -173,7 +173,7 @@ def simulate_files(
     cand = _compiled(candidate, label="candidate")
     with tempfile.TemporaryDirectory(prefix="feint-simulate-") as tmp:
         work = Path(tmp)
-        dataset, _ = _prepare_traffic(traffic, work)
+        dataset, _ = _prepare_traffic([traffic], work, None, None)
         label_map = _labels(labels, work)
         return asyncio.run(
             simulate_records(
