@@ -62,6 +62,8 @@ async def test_replicas_split_log_both_slices_and_obey_a_rollback(
         await replica.refresh()
     first, second = replicas
     assert first.canary is not None
+    assert second.canary is not None
+    assert second.canary.rollout_id == first.canary.rollout_id
     assert (first.canary.weight_percent, first.canary.rules.version) == (10.0, number)
     client_keys = [f"{i:032x}" for i in range(CLIENTS)]
     picks = [[bool(r.rules_for(k) and r.rules_for(k).canary) for k in client_keys] for r in replicas]  # type: ignore[union-attr]
