@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from prometheus_client import Counter
 
 from feint.credits import audit, postings
 from feint.credits.store import reads
@@ -49,8 +50,23 @@ class Report:
         }
 
 
+VERIFICATIONS = Counter("feint_credits_audit_verify_total", "Audit-chain verifications by result.", ["result"])
+
+
 async def verify(db: Database, *, tenant_id: UUID | None) -> Report:
-    """Verify one tenant's chain, or every tenant's (operator); stops at the first broken entry."""
+    """Verify one tenant's chain, or every tenant's (operator); stops at the first broken entry.
+
+    Counted by result (``ok``, ``broken``, ``error``) for the ledger's audit alert."""
+    try:
+        report = await _verify(db, tenant_id=tenant_id)
+    except Exception:
+        VERIFICATIONS.labels("error").inc()
+        raise
+    VERIFICATIONS.labels("ok" if report.ok else "broken").inc()
+    return report
+
+
+async def _verify(db: Database, *, tenant_id: UUID | None) -> Report:
     report = Report()
     async with db.connection() as conn:
         heads = await reads.audit_tenants(conn, tenant_id=tenant_id)

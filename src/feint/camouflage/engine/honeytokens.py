@@ -47,9 +47,10 @@ PLACEHOLDERS_MAX: Final = 256  # per reply
 class TokenKind(enum.StrEnum):
     API_KEY = "api_key"
     AWS_ACCESS_KEY_ID = "aws_access_key_id"
-    AWS_SECRET_ACCESS_KEY = "aws_secret_access_key"  # noqa: S105 - a kind name, not a secret
+    # Kind names, not secrets (ruff S105, bandit B105).
+    AWS_SECRET_ACCESS_KEY = "aws_secret_access_key"  # noqa: S105  # nosec B105
     DATABASE_URL = "database_url"
-    DATABASE_PASSWORD = "database_password"  # noqa: S105 - a kind name, not a secret
+    DATABASE_PASSWORD = "database_password"  # noqa: S105  # nosec B105
 
 
 # The kinds a token can be recognised by (the AWS secret is only ever sent with its key id).
