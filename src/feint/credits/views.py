@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, BeforeValidator
 
 from feint.credits import schemas
 from feint.credits.engine import Idempotency
@@ -69,7 +69,10 @@ Operator = Annotated[RequestContext, Depends(scope("operator"))]
     "/accounts",
     status_code=201,
     response_model=schemas.AccountOut,
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        200: {"model": schemas.AccountOut, "description": "The same account (id and fields) was opened before."},
+    },
     summary="Open an account (its tenant's system accounts for the code are opened with it).",
 )
 async def create_account(body: schemas.AccountIn, request: Request, ctx: Writer, service: Service) -> Response:
@@ -103,6 +106,17 @@ async def get_account(id: UUID, ctx: Reader, service: Service) -> Response:
     return _json(await service.account(tenant_id=_tenant(ctx), account_id=id))
 
 
+def _rfc3339_only(value: object) -> object:
+    """The document says date-time: a bare number (which pydantic would read as epoch seconds) is refused."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("an RFC 3339 date-time with an offset, e.g. 2026-12-01T12:00:00Z, not a number")
+    return value
+
+
 @router.get(
     "/accounts/{id}/entries",
     response_model=schemas.EntriesOut,
@@ -115,7 +129,7 @@ async def get_entries(
     service: Service,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=ENTRIES_PAGE_MAX)] = 100,
-    as_of: AwareDatetime | None = None,
+    as_of: Annotated[AwareDatetime | None, BeforeValidator(_rfc3339_only)] = None,
 ) -> Response:
     return _json(await service.entries(tenant_id=_tenant(ctx), account_id=id, cursor=cursor, limit=limit, as_of=as_of))
 
@@ -213,7 +227,10 @@ async def verify_audit(ctx: Admin, service: Service) -> Response:
     "/payment-methods",
     status_code=201,
     response_model=schemas.PaymentMethodOut,
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        200: {"model": schemas.PaymentMethodOut, "description": "This card is stored already: the stored method."},
+    },
     summary="Store a card: last four digits, keyed fingerprint, sealed expiry and holder; never the number.",
 )
 async def create_payment_method(

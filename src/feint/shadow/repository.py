@@ -23,6 +23,7 @@ that holds the rule set's row lock while it changes states.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ class RuleSetNotFound(NotFound):
     slug, title = "ruleset-not-found", "Rule set not found"
 
     def __init__(self, *, ref: str) -> None:
-        super().__init__(f"no rule set {ref[:80]!r}", ruleset=ref[:80])
+        # The reference is echoed: bytes that are not valid Unicode are shown escaped, never raw.
+        shown = ref[:80].encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(f"no rule set {shown!r}", ruleset=shown)
 
 
 class VersionNotFound(NotFound):
@@ -194,6 +197,9 @@ class VersionDetail:
         )
 
 
+_RULESET_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
+
+
 def parse_ref(ref: str) -> uuid.UUID | str:
     """A rule set reference: its id when the text is a UUID, else its name."""
     try:
@@ -203,6 +209,10 @@ def parse_ref(ref: str) -> uuid.UUID | str:
 
 
 async def _ruleset(conn: Conn, *, tenant_id: uuid.UUID, ref: str, lock: bool = False) -> store.RuleSetRow:
+    parsed = parse_ref(ref)
+    if isinstance(parsed, str) and not _RULESET_NAME.match(parsed):
+        # No rule set can have this name (the table's CHECK); NUL or lone surrogates never reach SQL.
+        raise RuleSetNotFound(ref=ref)
     found = await store.get_ruleset(conn, tenant_id=tenant_id, ref=parse_ref(ref), lock=lock)
     if found is None:
         raise RuleSetNotFound(ref=ref)
