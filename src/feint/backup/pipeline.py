@@ -172,7 +172,8 @@ class Catalog:
         if not self.manifests:
             raise NotFound("no backups yet")
         if ident == "latest":
-            return self.manifests[-1]
+            # Two backups can start in the same second: their start times, not their ids, order them.
+            return max(self.manifests, key=lambda m: (m.started_at, m.id))
         for manifest in self.manifests:
             if manifest.id == ident:
                 return manifest
