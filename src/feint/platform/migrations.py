@@ -86,6 +86,9 @@ def pending(url: str, *, role: str | None = None) -> list[Migration]:
     """
     with connect_sync(url) as conn:
         if role:
+            # A database never migrated has no app role yet (0001 creates it): everything is pending.
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                return available()
             conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
         exists = conn.execute("SELECT to_regclass('feint_migrations') AS t").fetchone()
         have: set[int] = set()
