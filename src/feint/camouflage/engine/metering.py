@@ -90,6 +90,7 @@ class Metering:
         self.charged = 0
         self.refusing = False  # closed mode while a hold cannot be placed
         self._hold: _Hold | None = None
+        self._opening: asyncio.Future[_Hold] | None = None
         self._consumption: str | None = None
         self._alerted: str | None = None
         self._full = asyncio.Event()
@@ -182,7 +183,11 @@ class Metering:
         """One window's work: settle the last hold, open the next one; alert on trouble."""
         try:
             await self.settle()
-            self._hold = await self._open()
+            # Shielded and remembered: a hold the credits service opened while this task was being
+            # cancelled is still settled by close(), never left pending.
+            self._opening = asyncio.ensure_future(self._open())
+            self._hold = await asyncio.shield(self._opening)
+            self._opening = None
         except MeteringFailed as exc:
             self.refusing = True
             self._alert(exc)
@@ -227,6 +232,12 @@ class Metering:
             await self.client.aclose()
 
     async def _final(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None and self._hold is None:
+            try:
+                self._hold = await opening
+            except MeteringFailed as exc:
+                log.warning("metering_final_open_failed", reason=exc.reason)
         try:
             await self.settle()
         except MeteringFailed as exc:
