@@ -178,25 +178,41 @@ def evaluate_all(guards: Sequence[Guard], *, production: SliceStats, canary: Sli
     return tuple(evaluate(g, production=production, canary=canary) for g in guards)
 
 
+def _result(
+    guard: Guard,
+    outcome: Outcome,
+    reason: str,
+    *,
+    values: tuple[float | None, float | None],
+    samples: tuple[int, int],
+    degradation: float | None = None,
+    test: str = "none",
+    p_value: float | None = None,
+    effect_size: float | None = None,
+) -> GuardResult:
+    """A guard's verdict: ``values`` and ``samples`` are (production, canary)."""
+    return GuardResult(
+        metric=guard.metric,
+        outcome=outcome,
+        critical=guard.critical,
+        production=values[0],
+        canary=values[1],
+        degradation=degradation,
+        threshold=guard.threshold,
+        test=test,
+        p_value=p_value,
+        effect_size=effect_size,
+        samples=samples,
+        reason=reason,
+    )
+
+
 def _rate(guard: Guard, *, p_hits: int, p_n: int, c_hits: int, c_n: int) -> GuardResult:
     p_rate = p_hits / p_n if p_n else None
     c_rate = c_hits / c_n if c_n else None
 
     def result(outcome: Outcome, reason: str, **extra: Any) -> GuardResult:
-        return GuardResult(
-            metric=guard.metric,
-            outcome=outcome,
-            critical=guard.critical,
-            production=p_rate,
-            canary=c_rate,
-            degradation=extra.get("degradation"),
-            threshold=guard.threshold,
-            test=extra.get("test", "none"),
-            p_value=extra.get("p_value"),
-            effect_size=extra.get("effect_size"),
-            samples=(p_n, c_n),
-            reason=reason,
-        )
+        return _result(guard, outcome, reason, values=(p_rate, c_rate), samples=(p_n, c_n), **extra)
 
     if guard.zero_rule and p_n >= guard.min_samples and p_hits == 0 and c_hits > 0:
         return result(
@@ -249,20 +265,7 @@ def _latency(guard: Guard, production: Sequence[float], canary: Sequence[float])
     p99_c = _p99(canary)
 
     def result(outcome: Outcome, reason: str, **extra: Any) -> GuardResult:
-        return GuardResult(
-            metric="latency_p99",
-            outcome=outcome,
-            critical=guard.critical,
-            production=p99_p,
-            canary=p99_c,
-            degradation=extra.get("degradation"),
-            threshold=guard.threshold,
-            test=extra.get("test", "none"),
-            p_value=extra.get("p_value"),
-            effect_size=extra.get("effect_size"),
-            samples=(p_n, c_n),
-            reason=reason,
-        )
+        return _result(guard, outcome, reason, values=(p99_p, p99_c), samples=(p_n, c_n), **extra)
 
     short = [(name, n) for name, n in (("production", p_n), ("canary", c_n)) if n < guard.min_samples]
     if short or p99_p is None or p99_c is None:
