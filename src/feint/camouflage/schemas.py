@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feint.camouflage.engine.bands import Band
 
 NOTE_CHARS_MAX: Final = 500
+Action = Literal["allow", "divert", "refuse", "error"]
 
 
 class SourceOut(BaseModel):
@@ -219,6 +220,30 @@ class RequestOut(BaseModel):
     sc_status: int | None = Field(description="The status answered (null when no answer was sent).")
 
 
+class DecisionSummaryOut(BaseModel):
+    """One logged decision in a listing; its explanation is at /v1/decisions/{id}."""
+
+    id: uuid.UUID
+    decided_at: datetime
+    threat: int
+    action: Action
+    cs_method: str | None
+    cs_uri_stem: str | None
+    sc_status: int | None
+    client_key: str
+    session_id: uuid.UUID | None
+    arm: str | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> DecisionSummaryOut:
+        return cls(**{name: row[name] for name in cls.model_fields})
+
+
+class DecisionList(BaseModel):
+    items: list[DecisionSummaryOut]
+    next_cursor: str | None
+
+
 class DecisionOut(BaseModel):
     """The threat explanation of one logged decision."""
 
@@ -226,7 +251,7 @@ class DecisionOut(BaseModel):
     decided_at: datetime
     threat: int
     band: Band = Field(description="The engagement band of the threat level.")
-    action: str = Field(description="allow, divert, refuse or error.")
+    action: Action = Field(description="allow: forwarded; divert: a decoy answered; refuse: metering; error.")
     client_key: str
     fingerprint: str
     request: RequestOut

@@ -222,9 +222,23 @@ class CamouflageStore:
 # another page follows without a second query.
 
 
-def _after(after: tuple[datetime, uuid.UUID] | None, limit: int) -> dict[str, Any]:
-    """The keyset and row-count parameters of a listing (one row more than a page)."""
+def _newest_first(column: str) -> str:
+    """The time window, keyset and order of a listing by ``column`` then id, newest first (``column`` is
+    always a constant of this module; every value is a parameter)."""
+    return f"""
+             AND (%(since)s::timestamptz IS NULL OR {column} >= %(since)s)
+             AND (%(until)s::timestamptz IS NULL OR {column} < %(until)s)
+             AND (%(after_at)s::timestamptz IS NULL OR ({column}, id) < (%(after_at)s, %(after_id)s::uuid))
+           ORDER BY {column} DESC, id DESC LIMIT %(limit)s"""
+
+
+def _window(
+    since: datetime | None, until: datetime | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> dict[str, Any]:
+    """The parameters of `_newest_first` (one row more than a page)."""
     return {
+        "since": since,
+        "until": until,
         "after_at": None if after is None else after[0],
         "after_id": None if after is None else after[1],
         "limit": min(limit, LIST_LIMIT_MAX) + 1,
@@ -269,20 +283,15 @@ async def list_sessions(
              AND (%(band)s::text IS NULL OR band = %(band)s)
              AND (%(persona)s::text IS NULL OR split_part(arm, '/', 1) = %(persona)s)
              AND (%(arm)s::text IS NULL OR arm = %(arm)s)
-             AND (%(ended)s::boolean IS NULL OR (ended_at IS NOT NULL) = %(ended)s)
-             AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s)
-             AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s)
-             AND (%(after_at)s::timestamptz IS NULL OR (started_at, id) < (%(after_at)s, %(after_id)s::uuid))
-           ORDER BY started_at DESC, id DESC LIMIT %(limit)s""",
+             AND (%(ended)s::boolean IS NULL OR (ended_at IS NOT NULL) = %(ended)s)"""
+        + _newest_first("started_at"),
         {
             "tenant": tenant_id,
             "band": band,
             "persona": persona,
             "arm": arm,
             "ended": ended,
-            "since": since,
-            "until": until,
-            **_after(after, limit),
+            **_window(since, until, after, limit),
         },
     )
 
@@ -312,18 +321,13 @@ async def list_events(
         """SELECT id, logtype, eventid, at, session_id, src_host, client_key, threat, details
            FROM camouflage_events WHERE tenant_id = %(tenant)s
              AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
-             AND (%(logtype)s::int IS NULL OR logtype = %(logtype)s)
-             AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
-             AND (%(until)s::timestamptz IS NULL OR at < %(until)s)
-             AND (%(after_at)s::timestamptz IS NULL OR (at, id) < (%(after_at)s, %(after_id)s::uuid))
-           ORDER BY at DESC, id DESC LIMIT %(limit)s""",
+             AND (%(logtype)s::int IS NULL OR logtype = %(logtype)s)"""
+        + _newest_first("at"),
         {
             "tenant": tenant_id,
             "session": session_id,
             "logtype": logtype,
-            "since": since,
-            "until": until,
-            **_after(after, limit),
+            **_window(since, until, after, limit),
         },
     )
 
@@ -355,6 +359,37 @@ async def list_honeytokens(
             "after_session": None if after is None else after[1],
             "after_kind": None if after is None else after[2],
             "limit": min(limit, LIST_LIMIT_MAX) + 1,
+        },
+    )
+
+
+async def list_decisions(
+    conn: Conn,
+    *,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID | None = None,
+    action: str | None = None,
+    threat_min: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Logged decisions at [since, until), newest first, after the keyset ``after`` (summaries)."""
+    return await _all(
+        conn,
+        """SELECT id, decided_at, threat, action, cs_method, cs_uri_stem, sc_status, client_key, session_id, arm
+           FROM camouflage_decisions WHERE tenant_id = %(tenant)s
+             AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
+             AND (%(action)s::text IS NULL OR action = %(action)s)
+             AND (%(threat)s::int IS NULL OR threat >= %(threat)s)"""
+        + _newest_first("decided_at"),
+        {
+            "tenant": tenant_id,
+            "session": session_id,
+            "action": action,
+            "threat": threat_min,
+            **_window(since, until, after, limit),
         },
     )
 

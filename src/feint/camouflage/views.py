@@ -36,7 +36,8 @@ router = APIRouter(prefix="/v1", tags=["camouflage"])
 PAGE_LIMIT_DEFAULT: Final = 100
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ARM_PATTERN: Final = r"^[a-z0-9._-]{1,63}/[a-z0-9._-]{1,63}$"
-CLIENT_CHARS_MAX: Final = 64
+CLIENT_CHARS_MAX: Final = 45  # the longest IPv6 text (with an embedded IPv4 address)
+CLIENT_PATTERN: Final = r"^(?:[0-9a-f]{32}|[0-9A-Fa-f:.]{2,45})$"  # then checked as an address
 CURSOR_CHARS_MAX: Final = 512
 
 Reader = Annotated[RequestContext, Depends(scope("read"))]
@@ -47,7 +48,12 @@ Since = Annotated[Instant | None, Query(description="From this instant (RFC 3339
 Until = Annotated[Instant | None, Query(description="Before this instant (RFC 3339, exclusive).")]
 Client = Annotated[
     str,
-    Path(min_length=1, max_length=CLIENT_CHARS_MAX, description="A client key (32 hex digits) or an IP address."),
+    Path(
+        min_length=2,
+        max_length=CLIENT_CHARS_MAX,
+        pattern=CLIENT_PATTERN,
+        description="A client key (32 hex digits) or an IP address.",
+    ),
 ]
 _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {404: {"description": "No such id for this tenant."}}
 
@@ -240,6 +246,35 @@ async def list_honeytokens(
 
 
 # --- decisions --------------------------------------------------------------------------------
+
+
+@router.get("/decisions", summary="Logged decisions, newest first, by session, action, threat and time.")
+async def list_decisions(
+    ctx: Reader,
+    session_id: Annotated[uuid.UUID | None, Query(description="Only this session's decisions.")] = None,
+    action: Annotated[schemas.Action | None, Query(description="Only this action.")] = None,
+    threat_min: Annotated[int | None, Query(ge=0, le=10, description="Only at this threat level or above.")] = None,
+    since: Since = None,
+    until: Until = None,
+    cursor: Cursor = None,
+    limit: Limit = PAGE_LIMIT_DEFAULT,
+) -> schemas.DecisionList:
+    service.check_window(since, until)
+    tenant_id = service.tenant_of(ctx)
+    async with ctx.platform.db.connection() as conn:
+        rows = await store.list_decisions(
+            conn,
+            tenant_id=tenant_id,
+            session_id=session_id,
+            action=action,
+            threat_min=threat_min,
+            since=since,
+            until=until,
+            after=_uuid_keyset(cursor),
+            limit=limit,
+        )
+    page, next_cursor = _page(rows, limit, lambda r: encode_keyset(r["decided_at"], str(r["id"])))
+    return schemas.DecisionList(items=[schemas.DecisionSummaryOut.of(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get(

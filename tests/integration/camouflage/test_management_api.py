@@ -120,6 +120,15 @@ async def test_decision_explanation_matches_the_log(live: Live) -> None:
     assert body["request"]["cs_uri_stem"] == "/products" and body["request"]["sc_status"] == diverted["sc-status"]
     assert body["band"] == band_of(body["threat"]).value
 
+    listed = (await live.get("/v1/decisions"))["items"]
+    assert [d["id"] for d in listed] == [diverted["id"], allowed["id"]]
+    assert [d["id"] for d in (await live.get("/v1/decisions", session_id=diverted["session"]))["items"]] == [
+        diverted["id"]
+    ]
+    assert [d["action"] for d in (await live.get("/v1/decisions", action="allow"))["items"]] == ["allow"]
+    above = (await live.get("/v1/decisions", threat_min=diverted["threat"]))["items"]
+    assert diverted["id"] in [d["id"] for d in above] and all(d["threat"] >= diverted["threat"] for d in above)
+
     benign = await live.get(f"/v1/decisions/{allowed['id']}")
     assert benign["action"] == "allow" and benign["session_id"] is None and benign["threat"] == allowed["threat"]
 
@@ -175,6 +184,10 @@ async def test_pagination_and_filters(live: Live) -> None:
     assert len(starts_only) == 5 and {e["logtype"] for e in starts_only} == {8001}
     one = (await live.get("/v1/events", session_id=everything[0]["id"]))["items"]
     assert {e["session_id"] for e in one} == {everything[0]["id"]}
+    await live.decisions_written(5)
+    decision_pages = await _pages(live, "/v1/decisions", limit=2)
+    assert [len(p) for p in decision_pages] == [2, 2, 1]
+    assert len({d["id"] for p in decision_pages for d in p}) == 5
     tokens = await _pages(live, "/v1/honeytokens", limit=4)
     assert sum(len(p) for p in tokens) == 25 and len({(t["session_id"], t["kind"]) for p in tokens for t in p}) == 25
 
@@ -192,6 +205,9 @@ async def test_pagination_and_filters(live: Live) -> None:
         "/v1/events?session_id=nope": "query.session_id",
         "/v1/honeytokens?used=sometimes": "query.used",
         "/v1/arms?band=huge": "query.band",
+        "/v1/decisions?action=maybe": "query.action",
+        "/v1/decisions?threat_min=11": "query.threat_min",
+        "/v1/decisions?until=yesterday": "query.until",
     }
     for url, field in bad.items():
         r = await live.api.get(url, headers=live.headers)
