@@ -251,3 +251,15 @@ async def test_allowlist_round_trip(live: Live) -> None:
     assert (await live.api.delete(f"/v1/allowlist/{key}", headers=live.headers)).status_code == 204
     gone = await live.api.delete(f"/v1/allowlist/{key}", headers=live.headers)
     assert gone.status_code == 404 and gone.json()["type"] == "/problems/client-not-allowed"
+
+
+async def test_operator_key_names_the_tenant(live: Live, api_key: Callable[..., str]) -> None:
+    """An operator key reads the tenant its Feint-Tenant header names, and is 400 without one."""
+    await live.send(b"/", agent=b"curl/8.5.0")
+    operator = {"authorization": f"Bearer {api_key(scope='operator')}"}
+    bare = await live.api.get("/v1/sessions", headers=operator)
+    assert bare.status_code == 400 and "Feint-Tenant" in bare.json()["detail"]
+    named = await live.api.get("/v1/sessions", headers={**operator, "feint-tenant": "acme"})
+    assert named.status_code == 200 and len(named.json()["items"]) == 1
+    other = await live.api.get("/v1/sessions", headers={**operator, "feint-tenant": "nobody"})
+    assert other.status_code == 404
