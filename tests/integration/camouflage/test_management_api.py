@@ -254,7 +254,8 @@ async def test_allowlist_round_trip(live: Live) -> None:
 
 
 async def test_operator_key_names_the_tenant(live: Live, api_key: Callable[..., str]) -> None:
-    """An operator key reads the tenant its Feint-Tenant header names, and is 400 without one."""
+    """An operator key reads the tenant its Feint-Tenant header names, and is 400 without one (but for
+    the persona library, which is no tenant's)."""
     await live.send(b"/", agent=b"curl/8.5.0")
     operator = {"authorization": f"Bearer {api_key(scope='operator')}"}
     bare = await live.api.get("/v1/sessions", headers=operator)
@@ -263,3 +264,5 @@ async def test_operator_key_names_the_tenant(live: Live, api_key: Callable[..., 
     assert named.status_code == 200 and len(named.json()["items"]) == 1
     other = await live.api.get("/v1/sessions", headers={**operator, "feint-tenant": "nobody"})
     assert other.status_code == 404
+    library = await live.api.get("/v1/personas", headers=operator)  # the same for every tenant
+    assert library.status_code == 200 and library.json()["items"]
