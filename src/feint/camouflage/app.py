@@ -1,14 +1,20 @@
-"""The camouflage management app (port 5006): personas, bandit state, sessions, events."""
+"""The camouflage management app (port 5006): personas, arms, sessions, events, honeytokens,
+decision explanations and the allow-list (routes in ``views.py``)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from feint.camouflage.views import router
 from feint.platform.runtime import Platform
 from feint.platform.web import create_app
 
-DESCRIPTION = "Management API of the camouflage gateway: decoy personas, bandit state, sessions and events."
+DESCRIPTION = (
+    "Management API of the camouflage gateway: decoy personas, bandit arms and their statistics, "
+    "decoy sessions, events, honeytokens, the threat explanation of any logged decision, and the "
+    "allow-list of known-good clients."
+)
 
 
 def create(platform: Platform) -> FastAPI:
-    return create_app("camouflage", platform=platform, description=DESCRIPTION)
+    return create_app("camouflage", platform=platform, routers=[router], description=DESCRIPTION)

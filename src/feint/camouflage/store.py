@@ -216,6 +216,33 @@ class CamouflageStore:
 
 
 # --- reads of the management API ---------------------------------------------------------
+#
+# Listings are newest first and paged by keyset: ``after`` is the (time, key) of the last row of
+# the previous page, and each query asks for ``limit + 1`` rows so that the caller knows whether
+# another page follows without a second query.
+
+
+def _newest_first(column: str) -> str:
+    """The time window, keyset and order of a listing by ``column`` then id, newest first (``column`` is
+    always a constant of this module; every value is a parameter)."""
+    return f"""
+             AND (%(since)s::timestamptz IS NULL OR {column} >= %(since)s)
+             AND (%(until)s::timestamptz IS NULL OR {column} < %(until)s)
+             AND (%(after_at)s::timestamptz IS NULL OR ({column}, id) < (%(after_at)s, %(after_id)s::uuid))
+           ORDER BY {column} DESC, id DESC LIMIT %(limit)s"""
+
+
+def _window(
+    since: datetime | None, until: datetime | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> dict[str, Any]:
+    """The parameters of `_newest_first` (one row more than a page)."""
+    return {
+        "since": since,
+        "until": until,
+        "after_at": None if after is None else after[0],
+        "after_id": None if after is None else after[1],
+        "limit": min(limit, LIST_LIMIT_MAX) + 1,
+    }
 
 
 async def list_arms(conn: Conn, *, tenant_id: uuid.UUID, band: str | None) -> list[dict[str, Any]]:
@@ -235,12 +262,37 @@ _SESSION_COLUMNS: Final = (
 )
 
 
-async def list_sessions(conn: Conn, *, tenant_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
+async def list_sessions(
+    conn: Conn,
+    *,
+    tenant_id: uuid.UUID,
+    band: str | None = None,
+    persona: str | None = None,
+    arm: str | None = None,
+    ended: bool | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Sessions started in [since, until), newest first, after the keyset ``after``."""
     return await _all(
         conn,
-        f"SELECT {_SESSION_COLUMNS} FROM camouflage_sessions WHERE tenant_id = %s "
-        "ORDER BY started_at DESC, id LIMIT %s OFFSET %s",
-        (tenant_id, min(limit, LIST_LIMIT_MAX), offset),
+        f"""SELECT {_SESSION_COLUMNS} FROM camouflage_sessions
+           WHERE tenant_id = %(tenant)s
+             AND (%(band)s::text IS NULL OR band = %(band)s)
+             AND (%(persona)s::text IS NULL OR split_part(arm, '/', 1) = %(persona)s)
+             AND (%(arm)s::text IS NULL OR arm = %(arm)s)
+             AND (%(ended)s::boolean IS NULL OR (ended_at IS NOT NULL) = %(ended)s)"""
+        + _newest_first("started_at"),
+        {
+            "tenant": tenant_id,
+            "band": band,
+            "persona": persona,
+            "arm": arm,
+            "ended": ended,
+            **_window(since, until, after, limit),
+        },
     )
 
 
@@ -253,40 +305,91 @@ async def get_session(conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID
 
 
 async def list_events(
-    conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID | None, logtype: int | None, limit: int, offset: int
+    conn: Conn,
+    *,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID | None = None,
+    logtype: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
 ) -> list[dict[str, Any]]:
+    """Events at [since, until), newest first, after the keyset ``after``."""
     return await _all(
         conn,
         """SELECT id, logtype, eventid, at, session_id, src_host, client_key, threat, details
            FROM camouflage_events WHERE tenant_id = %(tenant)s
              AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
-             AND (%(logtype)s::int IS NULL OR logtype = %(logtype)s)
-           ORDER BY at DESC, id LIMIT %(limit)s OFFSET %(offset)s""",
+             AND (%(logtype)s::int IS NULL OR logtype = %(logtype)s)"""
+        + _newest_first("at"),
         {
             "tenant": tenant_id,
             "session": session_id,
             "logtype": logtype,
-            "limit": min(limit, LIST_LIMIT_MAX),
-            "offset": offset,
+            **_window(since, until, after, limit),
         },
     )
 
 
 async def list_honeytokens(
-    conn: Conn, *, tenant_id: uuid.UUID, session_id: uuid.UUID | None, used: bool | None, limit: int, offset: int
+    conn: Conn,
+    *,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID | None = None,
+    used: bool | None = None,
+    after: tuple[datetime, uuid.UUID, str] | None = None,
+    limit: int,
 ) -> list[dict[str, Any]]:
+    """Honeytokens planted, newest first: their digest, kind and hint, never the value. Paged by
+    (created_at, session, kind), one token per kind and session, so a cursor carries no digest."""
     return await _all(
         conn,
         """SELECT digest, session_id, kind, hint, created_at, uses, last_used_at FROM camouflage_honeytokens
            WHERE tenant_id = %(tenant)s AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
              AND (%(used)s::boolean IS NULL OR (uses > 0) = %(used)s)
-           ORDER BY created_at DESC, digest LIMIT %(limit)s OFFSET %(offset)s""",
+             AND (%(after_at)s::timestamptz IS NULL
+                  OR (created_at, session_id, kind) < (%(after_at)s, %(after_session)s::uuid, %(after_kind)s::text))
+           ORDER BY created_at DESC, session_id DESC, kind DESC LIMIT %(limit)s""",
         {
             "tenant": tenant_id,
             "session": session_id,
             "used": used,
-            "limit": min(limit, LIST_LIMIT_MAX),
-            "offset": offset,
+            "after_at": None if after is None else after[0],
+            "after_session": None if after is None else after[1],
+            "after_kind": None if after is None else after[2],
+            "limit": min(limit, LIST_LIMIT_MAX) + 1,
+        },
+    )
+
+
+async def list_decisions(
+    conn: Conn,
+    *,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID | None = None,
+    action: str | None = None,
+    threat_min: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Logged decisions at [since, until), newest first, after the keyset ``after`` (summaries)."""
+    return await _all(
+        conn,
+        """SELECT id, decided_at, threat, action, cs_method, cs_uri_stem, sc_status, client_key, session_id, arm
+           FROM camouflage_decisions WHERE tenant_id = %(tenant)s
+             AND (%(session)s::uuid IS NULL OR session_id = %(session)s)
+             AND (%(action)s::text IS NULL OR action = %(action)s)
+             AND (%(threat)s::int IS NULL OR threat >= %(threat)s)"""
+        + _newest_first("decided_at"),
+        {
+            "tenant": tenant_id,
+            "session": session_id,
+            "action": action,
+            "threat": threat_min,
+            **_window(since, until, after, limit),
         },
     )
 
@@ -295,7 +398,9 @@ async def get_decision(conn: Conn, *, tenant_id: uuid.UUID, decision_id: uuid.UU
     """A logged decision with its threat explanation (the gateway's table, migration 0005)."""
     return await _one(
         conn,
-        """SELECT id, at, client_key, threat, explanation, action, persona, arm, session_id
+        """SELECT id, decided_at, client_key, fingerprint, c_ip, cs_method, cs_uri_stem, cs_uri_query,
+                  cs_user_agent, cs_host, sc_status, threat, action, explanation, rules, ruleset_version,
+                  rules_tag, rollout_id, canary, eval_latency_us, session_id, persona, arm
            FROM camouflage_decisions WHERE tenant_id = %s AND id = %s""",
         (tenant_id, decision_id),
     )
@@ -304,11 +409,56 @@ async def get_decision(conn: Conn, *, tenant_id: uuid.UUID, decision_id: uuid.UU
 # --- allow-list and labels -----------------------------------------------------------------
 
 
-async def allow(conn: Conn, *, tenant_id: uuid.UUID, client: str, note: str) -> None:
-    await conn.execute(
-        """INSERT INTO camouflage_allowlist (tenant_id, client, note) VALUES (%s, %s, %s)
-           ON CONFLICT (tenant_id, client) DO UPDATE SET note = EXCLUDED.note""",
-        (tenant_id, client, note),
+async def allow(conn: Conn, *, tenant_id: uuid.UUID, client: str, note: str) -> dict[str, Any]:
+    """Add an allow-list entry or replace its note; the row, with ``created`` true when it is new.
+
+    Run it in a transaction: the service role may insert and delete entries but not update them
+    (migration 0004), so a changed note is a delete and an insert that keeps ``created_at``."""
+    params = {"tenant": tenant_id, "client": client, "note": note}
+    row = await _one(
+        conn,
+        """INSERT INTO camouflage_allowlist (tenant_id, client, note) VALUES (%(tenant)s, %(client)s, %(note)s)
+           ON CONFLICT (tenant_id, client) DO NOTHING RETURNING client, note, created_at""",
+        params,
+    )
+    if row is not None:
+        return {**row, "created": True}
+    old = await _one(
+        conn,
+        """DELETE FROM camouflage_allowlist WHERE tenant_id = %(tenant)s AND client = %(client)s
+           RETURNING created_at""",
+        params,
+    )
+    row = await _one(
+        conn,
+        """INSERT INTO camouflage_allowlist (tenant_id, client, note, created_at)
+           VALUES (%(tenant)s, %(client)s, %(note)s, coalesce(%(created)s::timestamptz, now()))
+           RETURNING client, note, created_at""",
+        {**params, "created": None if old is None else old["created_at"]},
+    )
+    if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
+        raise RuntimeError("allow-list insert returned nothing")
+    return {**row, "created": old is None}
+
+
+async def list_allowed(
+    conn: Conn, *, tenant_id: uuid.UUID, after: str | None = None, limit: int
+) -> list[dict[str, Any]]:
+    """Allow-list entries by client, after ``after``; ``limit + 1`` rows (see the listings above)."""
+    return await _all(
+        conn,
+        """SELECT client, note, created_at FROM camouflage_allowlist
+           WHERE tenant_id = %(tenant)s AND (%(after)s::text IS NULL OR client > %(after)s)
+           ORDER BY client LIMIT %(limit)s""",
+        {"tenant": tenant_id, "after": after, "limit": min(limit, LIST_LIMIT_MAX) + 1},
+    )
+
+
+async def allowed(conn: Conn, *, tenant_id: uuid.UUID, client: str) -> dict[str, Any] | None:
+    return await _one(
+        conn,
+        "SELECT client, note, created_at FROM camouflage_allowlist WHERE tenant_id = %s AND client = %s",
+        (tenant_id, client),
     )
 
 

@@ -9,8 +9,6 @@ from the cache when fresh, else from one database statement that then refills th
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import uuid
 from collections.abc import Sequence
@@ -50,6 +48,7 @@ from feint.credits.sweeper import sweep_forever
 from feint.errors import ValidationFailed
 from feint.platform.cache import CircuitBreaker
 from feint.platform.crypto import KeyringCache, LocalMasterKey, MasterKeyProvider
+from feint.platform.reads import decode_cursor, encode_cursor
 from feint.platform.runtime import Platform
 from feint.platform.secrets import derive
 
@@ -186,19 +185,6 @@ def _render_batch(mode: BatchMode, *, everything: bool) -> Any:
 
 def _render_nothing(results: Results, book: Book) -> Rendered:
     return Rendered(204, b"")
-
-
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationFailed(
-            "cursor is not one this API gave", errors=[{"field": "query.cursor", "problem": "invalid"}]
-        ) from None
 
 
 # --- the service ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, BeforeValidator
+from pydantic import BaseModel
 
 from feint.credits import schemas
 from feint.credits.engine import Idempotency
@@ -18,6 +18,7 @@ from feint.credits.service import Credits, Reply, service_of
 from feint.credits.store.reads import ACCOUNTS_PAGE_MAX, ENTRIES_PAGE_MAX
 from feint.credits.verify import verify
 from feint.errors import Forbidden
+from feint.platform.reads import Instant
 from feint.platform.web import RequestContext, scope
 
 router = APIRouter(prefix="/v1", tags=["credits"])
@@ -106,17 +107,6 @@ async def get_account(id: UUID, ctx: Reader, service: Service) -> Response:
     return _json(await service.account(tenant_id=_tenant(ctx), account_id=id))
 
 
-def _rfc3339_only(value: object) -> object:
-    """The document says date-time: a bare number (which pydantic would read as epoch seconds) is refused."""
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return value
-        raise ValueError("an RFC 3339 date-time with an offset, e.g. 2026-12-01T12:00:00Z, not a number")
-    return value
-
-
 @router.get(
     "/accounts/{id}/entries",
     response_model=schemas.EntriesOut,
@@ -129,7 +119,7 @@ async def get_entries(
     service: Service,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=ENTRIES_PAGE_MAX)] = 100,
-    as_of: Annotated[AwareDatetime | None, BeforeValidator(_rfc3339_only)] = None,
+    as_of: Instant | None = None,
 ) -> Response:
     return _json(await service.entries(tenant_id=_tenant(ctx), account_id=id, cursor=cursor, limit=limit, as_of=as_of))
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from feint.errors import BadRequest, Conflict, NotFound
+from feint.platform.reads import etag_matches as _etag_matches
 from feint.platform.web import RequestContext, scope
 from feint.shadow import jobs, repository, store
 from feint.shadow.repository import LIST_LIMIT_MAX
@@ -229,13 +230,6 @@ async def production(
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return ProductionOut.of_production(detail, etag=etag)
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if header is None:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
 
 
 # --- datasets -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from feint.credits.config import CreditsSettings
 from feint.platform.runtime import Platform
 from feint.shadow.app import create as create_shadow
 from tests.conftest import serve_app
+from tests.integration.camouflage.live import live_gateway
 from tests.integration.shadow import sigma
 from tests.integration.shadow.conftest import starter  # noqa: F401  (a one-rule starter set)
 
@@ -26,6 +28,17 @@ pytestmark = pytest.mark.integration
 # Operations whose answer to another tenant's key is 403 rather than 404, and why. Empty: every
 # /v1 route with a path parameter is tenant-scoped.
 NOT_TENANT_SCOPED: dict[tuple[str, str], str] = {}
+
+# Operations with a path parameter that name no tenant's data, the status tenant B gets, and why.
+# They are called after every other operation of the app, so that what B creates cannot change
+# what the others answer.
+NOT_TENANT_DATA: dict[tuple[str, str], tuple[int, str]] = {
+    ("get", "/v1/personas/{name}"): (200, "the persona library ships with Feint: the same for every tenant"),
+    ("put", "/v1/allowlist/{client}"): (
+        201,
+        "puts the client on tenant B's own allow-list; tenant A's entry is unchanged (checked after the walk)",
+    ),
+}
 
 # Minimal valid bodies of mutating operations with path parameters, so that validation passes
 # and the tenant check is what answers.
@@ -39,6 +52,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/rollouts/{rollout_id}/resume"): {"reason": "r"},
     ("post", "/v1/rollouts/{rollout_id}/abort"): {"reason": "r"},
     ("post", "/v1/rollouts/{rollout_id}/promote"): {"reason": "r"},
+    ("put", "/v1/allowlist/{client}"): {"note": "tenant B"},
 }
 
 # Required query parameters of operations with path parameters.
@@ -93,7 +107,8 @@ async def walk(
     """Call every /v1 operation of the app with ``other`` (tenant B): 404 on A's resources, lists without A's ids."""
     document = (await client.get("/openapi.json")).json()
     checked = 0
-    for method, path, operation in operations(document):
+    ordered = sorted(operations(document), key=lambda op: (op[0], op[1]) in NOT_TENANT_DATA)
+    for method, path, operation in ordered:
         if "{" not in path:
             if method == "get" and not required_query(operation):
                 r = await client.get(path, headers=other)
@@ -111,6 +126,8 @@ async def walk(
         url = fill(path, values)
         r = await client.request(method.upper(), url, params=query, headers=other, json=body)
         expected = 403 if (method, path) in NOT_TENANT_SCOPED else 404
+        if (method, path) in NOT_TENANT_DATA:
+            expected = NOT_TENANT_DATA[(method, path)][0]
         assert r.status_code == expected, f"{method.upper()} {url} with tenant B's key: {r.status_code} {r.text}"
         checked += 1
     assert checked >= len({path for path, _ in values}), "fewer operations checked than paths with known parameters"
@@ -275,6 +292,35 @@ async def test_shadow_routes_need_a_valid_key(platform: Platform, api_key: Calla
     """Every /v1 shadow operation answers 401 with no key, a made-up key, and a malformed header."""
     async with serve_app(create_shadow(platform)) as client:
         await all_unauthenticated(client, revoked_key(api_key, clean_db))
+
+
+async def test_camouflage_routes_isolate_tenants(
+    platform: Platform, api_key: Callable[..., str], tmp_path: Path
+) -> None:
+    """Tenant B's admin key gets 404 on every camouflage route naming tenant A's session, decision or
+    allow-listed client (made by real traffic through the gateway), and lists none of them."""
+    b = bearer(api_key(tenant="globex", scope="admin"))
+    async with live_gateway(platform, tmp_path, api_key) as live:
+        await live.send(b"/.env", agent=b"curl/8.5.0")
+        await live.decisions_written(1)
+        decision = json.loads(live.log_path.read_text().splitlines()[0])["id"]
+        session = (await live.get("/v1/sessions"))["items"][0]
+        await live.events(2)  # the session's start and its decoy request
+        client = uuid.uuid4().hex
+        put = await live.api.put(f"/v1/allowlist/{client}", json={"note": "tenant A"}, headers=live.headers)
+        assert put.status_code == 201, put.text
+        ids = {"session": session["id"], "decision": decision, "client_key": session["client_key"], "allowed": client}
+        values = {
+            ("/v1/personas/{name}", "name"): "nginx-debian",
+            ("/v1/sessions/{session_id}", "session_id"): session["id"],
+            ("/v1/decisions/{decision_id}", "decision_id"): decision,
+            ("/v1/allowlist/{client}", "client"): client,
+        }
+        await walk(live.api, values=values, ids=ids, other=b)
+        own = await live.api.get(f"/v1/sessions/{session['id']}", headers=live.headers)
+        assert own.status_code == 200, own.text
+        kept = await live.api.get(f"/v1/allowlist/{client}", headers=live.headers)
+        assert kept.status_code == 200 and kept.json()["note"] == "tenant A", kept.text
 
 
 async def test_camouflage_routes_need_a_valid_key(

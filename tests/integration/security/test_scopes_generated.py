@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from feint.camouflage.app import create as create_camouflage
 from feint.credits.app import create as create_credits
 from feint.credits.config import CreditsSettings
 from feint.platform.runtime import Platform
@@ -62,3 +63,8 @@ async def test_credits_scopes_are_enforced(platform: Platform, api_key: Callable
 async def test_shadow_scopes_are_enforced(platform: Platform, api_key: Callable[..., str]) -> None:
     """Shadow: every write/admin operation refuses a key one scope below."""
     assert await check_scopes(create_shadow(platform), api_key) >= 8
+
+
+async def test_camouflage_scopes_are_enforced(platform: Platform, api_key: Callable[..., str]) -> None:
+    """Camouflage: changing the allow-list refuses a read key (every other route needs only read)."""
+    assert await check_scopes(create_camouflage(platform), api_key) >= 2

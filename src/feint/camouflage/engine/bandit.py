@@ -81,6 +81,14 @@ def ucb1_choose(pulls: Sequence[int], sums: Sequence[float], pending: Sequence[i
     return best
 
 
+def ucb1_indices(pulls: Sequence[int], sums: Sequence[float]) -> list[float | None]:
+    """The UCB1 index ``mean + sqrt(2 ln N / n)`` of each arm (None for an untried arm, which
+    `ucb1_choose` plays first), without this process's pending pulls: what every replica agrees on."""
+    total = sum(pulls)
+    scale = 2.0 * math.log(total) if total > 0 else 0.0
+    return [None if n == 0 else s / n + math.sqrt(scale / n) for n, s in zip(pulls, sums, strict=True)]
+
+
 class UCB1:
     """In-process UCB1 over named arms; `select` then `update` is one round."""
 
@@ -299,7 +307,13 @@ class Bandit:
         return stats
 
     def _publish(self, tenant_id: uuid.UUID, stats: Sequence[ArmStats]) -> None:
-        tenant = str(tenant_id)
-        for s in stats:
-            ARM_EFFECTIVENESS.labels(tenant, s.band.value, s.arm).set(s.effectiveness)
-            ARM_PULLS.labels(tenant, s.band.value, s.arm).set(s.pulls)
+        publish(tenant_id, stats)
+
+
+def publish(tenant_id: uuid.UUID, stats: Sequence[ArmStats]) -> None:
+    """Set the Prometheus gauges of these arms (the bandit after each update; the management API
+    after each read, so that /metrics and /v1/arms show the same figures)."""
+    tenant = str(tenant_id)
+    for s in stats:
+        ARM_EFFECTIVENESS.labels(tenant, s.band.value, s.arm).set(s.effectiveness)
+        ARM_PULLS.labels(tenant, s.band.value, s.arm).set(s.pulls)

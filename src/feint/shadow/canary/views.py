@@ -13,6 +13,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from feint.errors import NotFound
+from feint.platform.reads import etag_matches
 from feint.platform.web import RequestContext, scope
 from feint.shadow import repository
 from feint.shadow.canary import service
@@ -26,7 +27,7 @@ from feint.shadow.canary.schemas import (
     RolloutList,
     RolloutOut,
 )
-from feint.shadow.views import _actor, _etag_matches, _tenant
+from feint.shadow.views import _actor, _tenant
 
 router = APIRouter(prefix="/v1", tags=["rollouts"])
 LIST_LIMIT_DEFAULT: Final = 100
@@ -128,7 +129,7 @@ async def live_rollout(
         raise NoLiveRollout(ruleset=ruleset.name)
     etag = f'"{row.id}-{row.phase}-{row.weight:g}-{row.updated_at.timestamp():.6f}"'
     headers = {"etag": etag, "cache-control": "no-cache"}
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return RolloutOut.of(row)
