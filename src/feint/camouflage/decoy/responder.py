@@ -56,10 +56,25 @@ def gzip_bytes(data: bytes, *, level: int, window_bits: int, mem_level: int, xfl
     return header + deflated + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
 
 
+# encodeurl 2.0 (finalhandler 1.3's, Express 4.22): these bytes stay, and "%" before two hex digits.
+_URL_KEEP = frozenset(b"!#$&'()*+,-./0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_abcdefghijklmnopqrstuvwxyz|~")
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
 def encode_path(path: bytes) -> str:
-    """The path as Express's encodeurl + escape-html print it in 'Cannot GET /…'."""
-    text = quote(path.decode("latin-1"), safe="/%!#$&'()*+,:;=?@[]~-._")
-    return html.escape(text, quote=True).replace("&#x27;", "&#39;")
+    """The path as Express's finalhandler prints it in 'Cannot GET /…': encodeurl, then escape-html.
+
+    encodeurl percent-encodes (as UTF-8, the way encodeURI does; Node hands it the bytes as
+    Latin-1 characters) every character outside its kept set, and a "%" not followed by two hex
+    digits (measured: ``/%zz`` prints as ``/%25zz``).
+    """
+    out: list[str] = []
+    for i, byte in enumerate(path):
+        if byte in _URL_KEEP or (byte == 37 and len(path) > i + 2 and path[i + 1] in _HEX and path[i + 2] in _HEX):
+            out.append(chr(byte))
+        else:
+            out.append(quote(chr(byte), safe=""))
+    return html.escape("".join(out), quote=True).replace("&#x27;", "&#39;")
 
 
 class PersonaResponder:
