@@ -50,9 +50,12 @@ def _installed_app() -> Path:
         )
         if result.returncode != 0:
             require_or_skip("express", f"npm ci failed: {result.stderr[-800:]}", env="FEINT_REQUIRE_EXTERNAL")
-        # Another test process may have finished first: its tree is the same lock's.
-        if not target.exists():
+        try:
             staging.rename(target)
+        except OSError:
+            # Another test process finished first: its tree is the same lock's.
+            if not (target / "node_modules" / "express" / "package.json").is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

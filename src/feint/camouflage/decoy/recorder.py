@@ -479,6 +479,18 @@ def render_site(persona: Persona, dest: Path) -> None:
         target.write_bytes(fill_tokens(data, default_filler))
 
 
+def write_docroot(persona: Persona, dest: Path) -> int:
+    """The persona's site tree under ``dest`` as a real server must serve it for ``record``: tokens
+    filled by the default filler, every mtime the persona's (so Last-Modified and ETag agree).
+    Returns the number of files written."""
+    import os
+
+    render_site(persona, dest)
+    for path in [dest, *dest.rglob("*")]:
+        os.utime(path, (persona.site_mtime, persona.site_mtime))
+    return len(persona.site)
+
+
 @dataclass(frozen=True, slots=True)
 class Recording:
     """What one recording run produced."""

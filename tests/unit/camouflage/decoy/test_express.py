@@ -165,3 +165,20 @@ def test_recorder_learns_a_silent_close_and_the_encoded_path_page(tmp_path: Path
     )
     written = yaml.safe_load(path.read_text())
     assert written["responses"]["timeout-408"]["status"] == "HTTP/1.1 408 Request Timeout"
+
+
+def test_site_command_writes_the_docroot_record_needs(tmp_path: Path) -> None:
+    """`feint camouflage site` writes every file, tokens filled, with the persona's mtime."""
+    from typer.testing import CliRunner
+
+    from feint.camouflage.cli import camouflage_app
+
+    p = persona.load("express-4")
+    result = CliRunner().invoke(camouflage_app, ["site", "--persona", "express-4", "--out", str(tmp_path / "www")])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "www" / ".git" / "config"
+    assert b"{{token:" not in config.read_bytes() and config.read_bytes().startswith(b"[core]")
+    assert config.stat().st_mtime == p.site_mtime
+    assert sum(1 for f in (tmp_path / "www").rglob("*") if f.is_file()) == len(p.site)
+    missing = CliRunner().invoke(camouflage_app, ["site", "--persona", "nope", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "no persona" in missing.output
