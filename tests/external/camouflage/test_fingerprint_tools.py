@@ -24,6 +24,9 @@ TOOL_SECONDS_MAX = 300
 # WhatWeb's default run on the site root, on a directory without its slash (it follows the 301
 # with the same request: probes whatweb-redirect and whatweb-follow) and on a missing page.
 WHATWEB_PATHS = ("/", "/admin", "/whatweb-missing")
+# 1, the default (one request per URL), and 3, aggressive (plugins that matched send their own
+# requests: Apache's fetches /icons/apache_pb.gif and apache_pb2.gif, in the corpus too).
+WHATWEB_AGGRESSION = (1, 3)
 # What each tool must name for the real server: the check is not vacuous when both say nothing.
 EXPECTED = {
     "nginx-debian": ("nginx 1.22.1", "HTTPServer[nginx/1.22.1]"),
@@ -48,18 +51,23 @@ def _nmap(port: int) -> str:
 
 
 def _whatweb(port: int) -> list[str]:
-    """WhatWeb's report lines (default aggression) for WHATWEB_PATHS, port and address normalised, sorted."""
+    """WhatWeb's report lines for WHATWEB_PATHS at each of WHATWEB_AGGRESSION, port and address
+    normalised, sorted."""
     whatweb = debian_tool("whatweb", "whatweb")
     urls = [f"http://127.0.0.1:{port}{path}" for path in WHATWEB_PATHS]
-    result = subprocess.run(
-        [whatweb, "--color=never", "--no-errors", "--max-threads=1", *urls],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_SECONDS_MAX,
-        check=True,
-    )
-    lines = [line.replace(f"127.0.0.1:{port}", "HOST:PORT") for line in result.stdout.splitlines() if line]
-    return sorted(lines)
+    lines = []
+    for level in WHATWEB_AGGRESSION:
+        result = subprocess.run(
+            [whatweb, "--color=never", "--no-errors", "--max-threads=1", f"--aggression={level}", *urls],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_SECONDS_MAX,
+            check=True,
+        )
+        lines += [
+            f"-a {level}: " + line.replace(f"127.0.0.1:{port}", "HOST:PORT") for line in result.stdout.splitlines()
+        ]
+    return sorted(line for line in lines if not line.endswith(": "))
 
 
 async def _both(real_port: int, name: str, tool: str) -> tuple[object, object]:

@@ -29,7 +29,7 @@ from feint.camouflage.decoy.exchange import Answer
 from feint.camouflage.decoy.http import RequestParser
 from feint.camouflage.decoy.persona import CONNECTION_MARKER, PERSONA_FILE, Persona, fill_tokens
 from feint.camouflage.decoy.probes import Probe
-from feint.camouflage.decoy.responder import default_filler, encode_path, wants_keepalive
+from feint.camouflage.decoy.responder import default_filler, encode_path, listing_mtime, wants_keepalive
 from feint.camouflage.decoy.situation import Situation, situation, split_target
 
 RESPONSES_PER_ANSWER_MAX = 16
@@ -142,8 +142,12 @@ class Abstractor:
         self.keep_block: list[list[str]] | None = None
         self.close_block: list[list[str]] | None = None
         self.implied_block: list[list[str]] | None = None
+        self.listing_mtime = listing_mtime(persona.site_mtime)
 
     def _text(self, text: str, request: Request) -> str:
+        # A directory listing prints the files' mtime (the persona's): a placeholder, so that the
+        # page stays true wherever the persona's files were checked out.
+        text = text.replace(f">{self.listing_mtime}  <", ">{{listing_mtime}}  <")
         _, raw_path = split_target(request.target)
         path = raw_path.decode("latin-1")
         if self.server:

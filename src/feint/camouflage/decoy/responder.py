@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import struct
+import time
 import zlib
 from email.utils import formatdate
 from urllib.parse import quote
@@ -19,6 +20,11 @@ GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
 def imf_date(epoch: float | None = None) -> str:
     """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
     return formatdate(epoch, usegmt=True)
+
+
+def listing_mtime(epoch: float) -> str:
+    """A file's mtime as Apache's mod_autoindex prints it in a listing (``2026-12-02 02:25``, UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
 
 
 def default_filler(kind: str) -> str:
@@ -85,6 +91,7 @@ class PersonaResponder:
         self._site = persona.rendered_site(fill)
         self._index = persona.site_index()
         self._server = persona.server
+        self._listing_mtime = listing_mtime(persona.site_mtime)
 
     @property
     def limits(self) -> Limits:
@@ -146,6 +153,7 @@ class PersonaResponder:
             "path": raw_path.decode("latin-1"),
             "path_encoded": encode_path(raw_path),
             "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
+            "listing_mtime": self._listing_mtime,
             **self.persona.vars,
         }
         if resolved.path in self._site:

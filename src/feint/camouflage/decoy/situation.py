@@ -106,6 +106,10 @@ class SiteIndex:
             return Resolved("outside", "")
         for prefix, kind in self.special:
             if decoded.startswith(prefix):
+                if decoded in self.files:
+                    # A file the persona ships under the prefix (Apache's /icons/apache_pb.gif,
+                    # which WhatWeb's aggressive Apache check fetches); the rest stays missing.
+                    return Resolved(kind + "-file", decoded)
                 return Resolved(kind + ("-root" if decoded == prefix else ""), decoded)
         path = posixpath.normpath(decoded)
         if path.startswith("//"):
