@@ -8,7 +8,6 @@ loopback port, serving the express-4 persona's site tree, and stops it.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -68,7 +67,7 @@ def real_express(www: Path) -> Iterator[tuple[int, str]]:
     node = debian_tool("node", "nodejs")
     _docroot(PERSONA, www / "html")
     port = free_port()
-    proc = subprocess.Popen([node, str(app / "app.js"), str(www / "html"), str(port)], env={**os.environ})
+    proc = subprocess.Popen([node, str(app / "app.js"), str(www / "html"), str(port)])
     try:
         _wait_listening(port)
         yield port, PERSONA
