@@ -65,6 +65,24 @@ def decoy(
         err.print("stopped")
 
 
+@camouflage_app.command("site")
+def site(
+    persona: Annotated[str, typer.Option(help="Persona name or directory whose site tree to write.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Document root to write (created if missing).")],
+) -> None:
+    """Write a persona's site tree as a document root, for the real server that `record` probes."""
+    from feint.camouflage.decoy import persona as persona_mod
+    from feint.camouflage.decoy import recorder
+
+    try:
+        loaded = persona_mod.load(persona)
+    except FeintError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from None
+    count = recorder.write_docroot(loaded, out_dir)
+    out.print(f"{out_dir}: {count} files of {loaded.name}'s site")
+
+
 @camouflage_app.command("record")
 def record(
     target: Annotated[str, typer.Option(help="The running server, http://HOST:PORT.")],

@@ -80,6 +80,11 @@ class Limits:
     # method arrives, before any line end (nmap's binary probes); Apache 2.4 waits for the line.
     # True: the parser returns a BAD_METHOD request (framing_intact=False) at that byte.
     answer_bad_method_byte_at_once: bool = False
+    # A request line without a version (HTTP/0.9): nginx and Apache answer it at once with a
+    # bare body; Node's llhttp (Express) reads header lines after it and answers when the empty
+    # line comes, with a status line and Connection: close (measured on Node 20.20). True: the
+    # parser frames such a request like any other, up to its empty line.
+    http09_reads_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

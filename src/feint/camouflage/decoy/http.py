@@ -305,7 +305,8 @@ class RequestParser:
         method, target, version, problems = split_request_line(line)
         if end == lf or self._skipped_bare_lf:
             problems.add(Problem.BARE_LF)
-        if problems and (Problem.HTTP09 in problems or not problems.isdisjoint(limits.answer_at_request_line)):
+        http09_at_once = Problem.HTTP09 in problems and not limits.http09_reads_headers
+        if problems and (http09_at_once or not problems.isdisjoint(limits.answer_at_request_line)):
             # HTTP/0.9 has no headers and no keep-alive; a broken line is answered before them.
             return self._stop(buf[: lf + 1], line, method, target, version, _EMPTY_HEADERS, problems, self._skipped)
         # The head ends at the first LF followed by an empty line (CRLF or bare LF).

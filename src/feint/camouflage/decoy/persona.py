@@ -143,6 +143,9 @@ class Persona:
     extends: str | None = None
     special_paths: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
+    # "any-segment" (default): a path with a dot segment anywhere is a dotfile; "last-segment":
+    # only one whose last segment starts with a dot (Express's static: /.git/config is served).
+    dotfiles: Literal["any-segment", "last-segment"] = "any-segment"
 
     @property
     def server(self) -> str:
@@ -158,7 +161,12 @@ class Persona:
         return _replace(self, version=version)
 
     def site_index(self) -> SiteIndex:
-        return SiteIndex(files=frozenset(self.site), index_names=self.index_names, special=dict(self.special_paths))
+        return SiteIndex(
+            files=frozenset(self.site),
+            index_names=self.index_names,
+            special=dict(self.special_paths),
+            dot_last_segment=self.dotfiles == "last-segment",
+        )
 
     def rendered_site(self, fill: TokenFiller) -> dict[str, bytes]:
         """The site tree with every ``{{token:KIND}}`` filled."""
@@ -289,6 +297,14 @@ def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
     return site, newest
 
 
+def _dotfiles(value: Any, where: str) -> Literal["any-segment", "last-segment"]:
+    if value == "any-segment":
+        return "any-segment"
+    if value == "last-segment":
+        return "last-segment"
+    raise PersonaError(f"{where}: 'dotfiles' must be any-segment or last-segment, got {value!r}")
+
+
 def _limits(spec: Any, where: str) -> Limits:
     if not isinstance(spec, dict):
         raise PersonaError(f"{where}: 'limits' must be a mapping")
@@ -373,6 +389,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         extends=doc.get("extends"),
         special_paths={str(k): str(v) for k, v in (doc.get("special_paths") or {}).items()},
         vars={str(k): str(v) for k, v in (doc.get("vars") or {}).items()},
+        dotfiles=_dotfiles(doc.get("dotfiles", "any-segment"), where),
     )
     if doc.get("name") != directory.name:
         raise PersonaError(f"{where}: name {doc.get('name')!r} differs from its directory {directory.name!r}")

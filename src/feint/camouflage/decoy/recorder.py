@@ -29,7 +29,7 @@ from feint.camouflage.decoy.exchange import Answer
 from feint.camouflage.decoy.http import RequestParser
 from feint.camouflage.decoy.persona import CONNECTION_MARKER, PERSONA_FILE, Persona, fill_tokens
 from feint.camouflage.decoy.probes import Probe
-from feint.camouflage.decoy.responder import default_filler, encode_path, wants_keepalive
+from feint.camouflage.decoy.responder import default_filler, encode_path, listing_mtime, wants_keepalive
 from feint.camouflage.decoy.situation import Situation, situation, split_target
 
 RESPONSES_PER_ANSWER_MAX = 16
@@ -142,8 +142,12 @@ class Abstractor:
         self.keep_block: list[list[str]] | None = None
         self.close_block: list[list[str]] | None = None
         self.implied_block: list[list[str]] | None = None
+        self.listing_mtime = listing_mtime(persona.site_mtime)
 
     def _text(self, text: str, request: Request) -> str:
+        # A directory listing prints the files' mtime (the persona's): a placeholder, so that the
+        # page stays true wherever the persona's files were checked out.
+        text = text.replace(f">{self.listing_mtime}  <", ">{{listing_mtime}}  <")
         _, raw_path = split_target(request.target)
         path = raw_path.decode("latin-1")
         if self.server:
@@ -190,7 +194,7 @@ class Abstractor:
             spec: dict[str, Any] = {"kind": "file"}
         elif file is not None and body and lower.get("content-range"):
             spec = {"kind": "file"}
-        elif raw.status is None or body:
+        elif body:
             spec = {"kind": "page", "page": self._page(self._text(body.decode("latin-1"), request), raw.status or "")}
         else:
             spec = {"kind": "none"}
@@ -307,18 +311,32 @@ def observe(
             continue
         requests = requests_of(probe.render(hostport=hostport), persona)
         raws = split_answer(answer.data, heads=[r.method == b"HEAD" for r in requests])
+        if not raws and answer.closed and requests:
+            # Hung up without a byte (Node on CONNECT with no 'connect' listener): a silent close.
+            raws = [Raw(status=None, headers=(), body=b"", chunked=False)]
         for i, (request, raw) in enumerate(zip(requests, raws, strict=False)):
             last = i == len(raws) - 1
             closed = answer.closed and last
             sit = situation(request, abstractor.index)
             if not closed:
                 close = "by-request"
-            elif wants_keepalive(request) and request.framing_intact:
+            elif (wants_keepalive(request) and request.framing_intact) or _close_delimited(raw, request):
                 close = "always"
             else:
                 close = "ambiguous"
             out.append(Observation(probe.name, sit, abstractor.template(raw, request, sit, closed=closed), close))
     return out
+
+
+def _close_delimited(raw: Raw, request: Request) -> bool:
+    """Whether only closing the connection can end this response (no length, not chunked, a
+    body allowed): the server closes whatever the client asked (Node's prewritten 400)."""
+    if raw.status is None:
+        return True
+    code = raw.status.split(" ", 2)[1] if " " in raw.status else ""
+    if raw.chunked or request.method == b"HEAD" or code.startswith("1") or code in ("204", "304"):
+        return False
+    return not any(name.lower() == "content-length" for name, _ in raw.headers)
 
 
 def _shape(template: dict[str, Any]) -> tuple[Any, ...]:
@@ -359,10 +377,30 @@ def _connection_markers(observations: list[Observation]) -> None:
                 obs.template["headers"] = list(like)
 
 
+def _encoded_paths(observations: list[Observation], abstractor: Abstractor) -> None:
+    """A page that echoes the path as sent (``{{path}}``) is the page that echoes it encoded
+    (``{{path_encoded}}``, Express's "Cannot GET …") when that one was seen too: the two differ
+    only for the paths that encoding changes, and the encoded page answered those."""
+    names = {name: text for text, name in abstractor.pages.items()}
+    for obs in observations:
+        body = obs.template["body"]
+        text = names.get(body.get("page", ""))
+        if text is None or "{{path}}" not in text:
+            continue
+        encoded = abstractor.pages.get(text.replace("{{path}}", "{{path_encoded}}"))
+        if encoded is not None:
+            body["page"] = encoded
+    used = {obs.template["body"].get("page") for obs in observations}
+    for text, name in list(abstractor.pages.items()):
+        if name not in used:
+            del abstractor.pages[text]
+
+
 def build(
     observations: list[Observation], abstractor: Abstractor
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]], list[str]]:
     """Response templates by id, rules, and the conflicts (keys whose probes disagreed at full precision)."""
+    _encoded_paths(observations, abstractor)
     _heads_like_gets(observations)
     _connection_markers(observations)
     ids: dict[str, str] = {}
@@ -371,7 +409,8 @@ def build(
     for obs in observations:
         text = yaml.safe_dump(obs.template, sort_keys=True)
         if text not in ids:
-            code = (obs.template["status"] or "HTTP/0.9 body").split(" ", 2)[1]
+            silent = obs.template["body"]["kind"] == "none"
+            code = (obs.template["status"] or ("- silent" if silent else "HTTP/0.9 body")).split(" ", 2)[1]
             n = sum(1 for rid in responses if rid.startswith(f"r{code}"))
             ids[text] = f"r{code}" + (f"-{n + 1}" if n else "")
             responses[ids[text]] = obs.template
@@ -414,7 +453,13 @@ def write(
     if abstractor.implied_block is not None:
         connection["keep-alive-implied"] = abstractor.implied_block
     doc["connection"] = connection
-    doc["responses"] = responses
+    # A timeout's answer cannot be probed in a recording's time (Node's 408 comes after 60 s):
+    # the hand-written response a timeout names is kept.
+    kept = dict(base.get("responses") or {})
+    doc["responses"] = {
+        **{rid: kept[rid] for rid in (doc.get("timeouts") or {}).values() if rid in kept and rid not in responses},
+        **responses,
+    }
     doc["rules"] = rules
     doc.setdefault("timeouts", {})
     path = out_dir / PERSONA_FILE
@@ -436,6 +481,18 @@ def render_site(persona: Persona, dest: Path) -> None:
         target = dest / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(fill_tokens(data, default_filler))
+
+
+def write_docroot(persona: Persona, dest: Path) -> int:
+    """The persona's site tree under ``dest`` as a real server must serve it for ``record``: tokens
+    filled by the default filler, every mtime the persona's (so Last-Modified and ETag agree).
+    Returns the number of files written."""
+    import os
+
+    render_site(persona, dest)
+    for path in [dest, *dest.rglob("*")]:
+        os.utime(path, (persona.site_mtime, persona.site_mtime))
+    return len(persona.site)
 
 
 @dataclass(frozen=True, slots=True)

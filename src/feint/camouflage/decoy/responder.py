@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import struct
+import time
 import zlib
 from email.utils import formatdate
 from urllib.parse import quote
@@ -19,6 +20,11 @@ GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
 def imf_date(epoch: float | None = None) -> str:
     """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
     return formatdate(epoch, usegmt=True)
+
+
+def listing_mtime(epoch: float) -> str:
+    """A file's mtime as Apache's mod_autoindex prints it in a listing (``2026-12-02 02:25``, UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
 
 
 def default_filler(kind: str) -> str:
@@ -56,10 +62,25 @@ def gzip_bytes(data: bytes, *, level: int, window_bits: int, mem_level: int, xfl
     return header + deflated + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
 
 
+# encodeurl 2.0 (finalhandler 1.3's, Express 4.22): these bytes stay, and "%" before two hex digits.
+_URL_KEEP = frozenset(b"!#$&'()*+,-./0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_abcdefghijklmnopqrstuvwxyz|~")
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
 def encode_path(path: bytes) -> str:
-    """The path as Express's encodeurl + escape-html print it in 'Cannot GET /…'."""
-    text = quote(path.decode("latin-1"), safe="/%!#$&'()*+,:;=?@[]~-._")
-    return html.escape(text, quote=True).replace("&#x27;", "&#39;")
+    """The path as Express's finalhandler prints it in 'Cannot GET /…': encodeurl, then escape-html.
+
+    encodeurl percent-encodes (as UTF-8, the way encodeURI does; Node hands it the bytes as
+    Latin-1 characters) every character outside its kept set, and a "%" not followed by two hex
+    digits (measured: ``/%zz`` prints as ``/%25zz``).
+    """
+    out: list[str] = []
+    for i, byte in enumerate(path):
+        if byte in _URL_KEEP or (byte == 37 and len(path) > i + 2 and path[i + 1] in _HEX and path[i + 2] in _HEX):
+            out.append(chr(byte))
+        else:
+            out.append(quote(chr(byte), safe=""))
+    return html.escape("".join(out), quote=True).replace("&#x27;", "&#39;")
 
 
 class PersonaResponder:
@@ -70,6 +91,7 @@ class PersonaResponder:
         self._site = persona.rendered_site(fill)
         self._index = persona.site_index()
         self._server = persona.server
+        self._listing_mtime = listing_mtime(persona.site_mtime)
 
     @property
     def limits(self) -> Limits:
@@ -131,6 +153,7 @@ class PersonaResponder:
             "path": raw_path.decode("latin-1"),
             "path_encoded": encode_path(raw_path),
             "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
+            "listing_mtime": self._listing_mtime,
             **self.persona.vars,
         }
         if resolved.path in self._site:

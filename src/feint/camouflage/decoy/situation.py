@@ -75,9 +75,18 @@ class SiteIndex:
     """The site tree's paths, to resolve targets without touching the disk per request."""
 
     def __init__(
-        self, *, files: frozenset[str], index_names: tuple[str, ...], special: dict[str, str] | None = None
+        self,
+        *,
+        files: frozenset[str],
+        index_names: tuple[str, ...],
+        special: dict[str, str] | None = None,
+        dot_last_segment: bool = False,
     ) -> None:
         self.files = files
+        # False: a dot anywhere in the path hides it (nginx, Apache rules). True: only a last
+        # segment starting with a dot does, as Express's static (send 0.19 without a dotfiles
+        # option) serves /.git/config and ignores /.env and /.git.
+        self.dot_last_segment = dot_last_segment
         # Path prefixes the server maps elsewhere (Apache's /server-status, /icons/): their own kind.
         self.special = tuple(sorted((special or {}).items(), key=lambda kv: -len(kv[0])))
         self.index_names = index_names
@@ -97,6 +106,10 @@ class SiteIndex:
             return Resolved("outside", "")
         for prefix, kind in self.special:
             if decoded.startswith(prefix):
+                if decoded in self.files:
+                    # A file the persona ships under the prefix (Apache's /icons/apache_pb.gif,
+                    # which WhatWeb's aggressive Apache check fetches); the rest stays missing.
+                    return Resolved(kind + "-file", decoded)
                 return Resolved(kind + ("-root" if decoded == prefix else ""), decoded)
         path = posixpath.normpath(decoded)
         if path.startswith("//"):
@@ -106,6 +119,9 @@ class SiteIndex:
         if last.startswith(".ht"):
             return Resolved("htfile", path)
         as_dir = path.rstrip("/") + "/"
+        dot_tail = self.dot_last_segment and not trailing and last.startswith(".") and len(last) > 1
+        if dot_tail and as_dir in self.dirs:
+            return Resolved("dotfile", path)
         if as_dir in self.dirs:
             if not trailing and path != "/":
                 return Resolved("dir-noslash", path)
@@ -114,7 +130,7 @@ class SiteIndex:
                     return Resolved("dir", as_dir + name)
             return Resolved("dir-noindex", as_dir)
         if path in self.files and not trailing:
-            hidden = any(part.startswith(".") for part in path.split("/"))
+            hidden = dot_tail if self.dot_last_segment else any(part.startswith(".") for part in path.split("/"))
             # The extension decides the type, and with it compression and Vary (mod_deflate).
             ext = last.rsplit(".", 1)[-1].lower() if "." in last[1:] else ""
             return Resolved(("dotfile" if hidden else "file") + (f".{ext}" if ext else ""), path)

@@ -10,8 +10,8 @@ a chance drawn per connection (2% to 100%), the others being seeds that keep the
 alive, so that bursts go deep before a mutation breaks framing; most connections half-close
 after their burst and the others are left to the server's timeouts, so that every close path runs.
 
-Three decoys run on uvloop (the production loop): one with a responder that uses every reply
-shape (immediate, awaited, trickled, streamed, closing), and the nginx and Apache personas.
+Four decoys run on uvloop (the production loop): one with a responder that uses every reply
+shape (immediate, awaited, trickled, streamed, closing), and the nginx, Apache and Express personas.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ async def fuzz() -> tuple[Tally, list[DecoyServer], list[dict[str, Any]], int, i
     seeds = [p.render(hostport="127.0.0.1:80") for p in probes.load()]
     seeds = [s for s in seeds if 0 < len(s) <= 20_000] + EXTRA_SEEDS
     responders: list[Any] = [ShapesResponder()]
-    for name in ("nginx-debian", "apache-debian"):
+    for name in ("nginx-debian", "apache-debian", "express-4"):
         persona = PersonaResponder(load(name))
         # The personas' own limits, with short timeouts so that connections left open end soon.
         persona.persona = replace(
