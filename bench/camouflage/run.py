@@ -1,7 +1,17 @@
-"""Decoy vs real nginx: responses/s and latency of the same 404 on keep-alive connections (wrk).
+"""Camouflage benchmarks (issues #7 and #8), in one run: the decoy against nginx, the gateway
+against nginx direct and nginx proxy_pass, and the bandit's select+update cost.
 
-    .venv/bin/python bench/camouflage/run.py                       # 10 s per scenario, 32 connections
-    .venv/bin/python bench/camouflage/run.py --seconds 5 --connections 64
+    .venv/bin/python bench/camouflage/run.py                       # all three parts (what `make bench` runs)
+    .venv/bin/python bench/camouflage/run.py --parts decoy         # or gateway, bandit, or a comma list
+    .venv/bin/python bench/camouflage/run.py --gateway-seconds 10 --gateway-connections 32
+
+The gateway part is ``gateway.py`` (see its docstring; it also runs alone), the bandit part
+``bandit.py`` (MABWiser from ``requirements.txt`` for the comparison). The decoy part:
+
+Decoy vs real nginx: responses/s and latency of the same 404 on keep-alive connections (wrk).
+
+    .venv/bin/python bench/camouflage/run.py --parts decoy         # 10 s per scenario, 32 connections
+    .venv/bin/python bench/camouflage/run.py --parts decoy --seconds 5 --connections 64
     .venv/bin/python bench/camouflage/run.py --responder fixed     # a fixed 404 instead of the persona
 
 Scenarios (one function each, so that the gateway's can be added beside them):
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import os
 import re
 import shutil
@@ -34,14 +45,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))
+
+from tests.nginx import free_port, nginx_binary, running_nginx, wait_listening  # noqa: E402
 
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase  # noqa: E402
 
 PATH = "/missing-page"
-START_SECONDS_MAX = 15.0
 TARGET_RPS = 10_000
 TARGET_P99_MS = 5.0
 TARGET_RATIO = 0.25
@@ -64,71 +79,33 @@ class Figures:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + START_SECONDS_MAX
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {START_SECONDS_MAX} s")
-
-
 @contextmanager
 def nginx(tmp: Path) -> Iterator[int]:
     """Debian's nginx with one worker, serving an empty root (so every path is its 404)."""
-    if not Path(NGINX).exists():
+    if nginx_binary() is None:
         raise SystemExit(f"{NGINX} is missing: apt-get install nginx")
     port = free_port()
     root = tmp / "nginx-root"
     root.mkdir()
-    conf = tmp / "nginx.conf"
     # Debian's nginx.conf with what a benchmark must change: one worker, loopback port, files
-    # under tmp, no access log (the decoy writes none either).
-    conf.write_text(
-        f"""
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 768; }}
-http {{
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log off;
-    gzip on;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        index index.html index.htm index.nginx-debian.html;
-        server_name _;
-        location / {{ try_files $uri $uri/ =404; }}
-    }}
-}}
-"""
-    )
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"])
-    try:
-        wait_port(port, proc)
+    # under tmp, no access log (the decoy writes none either); tests/nginx.py writes the rest.
+    http = f"""
+        sendfile on;
+        tcp_nopush on;
+        types_hash_max_size 2048;
+        include /etc/nginx/mime.types;
+        default_type application/octet-stream;
+        gzip on;
+        server {{
+            listen 127.0.0.1:{port};
+            root {root};
+            index index.html index.htm index.nginx-debian.html;
+            server_name _;
+            location / {{ try_files $uri $uri/ =404; }}
+        }}
+    """
+    with running_nginx(tmp / "nginx", http=http, port=port, worker_connections=768):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextmanager
@@ -138,7 +115,7 @@ def decoy(responder: str, fixed: bytes) -> Iterator[int]:
     env = {**os.environ, "BENCH_FIXED_404": fixed.hex()}
     proc = subprocess.Popen([sys.executable, __file__, "--serve-decoy", str(port), "--responder", responder], env=env)
     try:
-        wait_port(port, proc)
+        wait_listening(port, proc=proc)
         yield port
     finally:
         proc.terminate()
@@ -308,20 +285,18 @@ def same_404(args: argparse.Namespace, tmp: Path) -> bytes:
     return real
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--responder", default="nginx-debian", help="a persona name, or 'fixed'")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--serve-decoy", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve_decoy:
-        serve_decoy(args.serve_decoy, args.responder)
-        return 0
-    for tool in (WRK, NGINX):
-        if not shutil.which(tool) and not Path(tool).exists():
-            raise SystemExit(f"{tool} is missing (apt-get install wrk nginx)")
+def _sibling(name: str) -> ModuleType:
+    """bench/camouflage/<name>.py as a module (this folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_camouflage_{name}", HERE / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {HERE / name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_decoy(args: argparse.Namespace) -> None:
+    """Issue #7: the decoy's 404 against nginx's, same run."""
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min), {os.cpu_count()} cpus")
     micro = parser_micro()
     print("parser alone: " + ", ".join(f"{kind} request {us:.1f} us" for kind, us in micro.items()))
@@ -346,6 +321,56 @@ def main(argv: list[str]) -> int:
             f"p99 <= {TARGET_P99_MS} ms {'met' if d.p99_ms <= TARGET_P99_MS else 'MISSED'}; "
             f">= {TARGET_RATIO}x nginx {'met' if ratio >= TARGET_RATIO else 'MISSED'}"
         )
+
+
+def run_gateway(args: argparse.Namespace) -> None:
+    """Issue #8: nginx direct, nginx proxy_pass and the Feint gateway, same run."""
+    gateway = _sibling("gateway")
+    seconds, connections = args.gateway_seconds, args.gateway_connections
+    with tempfile.TemporaryDirectory(prefix="feint-bench-gateway-") as name:
+        runs = gateway.measure(seconds=seconds, connections=connections, tmp=Path(name))
+    gateway.report(runs, seconds=seconds, connections=connections)
+
+
+def run_bandit(args: argparse.Namespace) -> None:
+    """Issue #8: UCB1 select+update, ours against MABWiser's."""
+    bandit = _sibling("bandit")
+    bandit.report(bandit.measure(rounds=args.bandit_rounds, arms=bandit.ARMS_DEFAULT))
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "decoy": run_decoy,
+    "gateway": run_gateway,
+    "bandit": run_bandit,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help="decoy, gateway, bandit (comma separated)")
+    parser.add_argument("--seconds", type=int, default=10, help="decoy: seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="decoy: wrk connections")
+    parser.add_argument("--responder", default="nginx-debian", help="decoy: a persona name, or 'fixed'")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="decoy: scenarios")
+    parser.add_argument("--gateway-seconds", type=int, default=5)
+    parser.add_argument("--gateway-connections", type=int, default=16)
+    parser.add_argument("--bandit-rounds", type=int, default=5_000)
+    parser.add_argument("--serve-decoy", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_decoy:
+        serve_decoy(args.serve_decoy, args.responder)
+        return 0
+    parts = args.parts.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    if {"decoy", "gateway"} & set(parts):
+        for tool in (WRK, NGINX):
+            if not shutil.which(tool) and not Path(tool).exists():
+                raise SystemExit(f"{tool} is missing (apt-get install wrk nginx)")
+    for part in parts:
+        print(f"\n== {part}")
+        PARTS[part](args)
     return 0
 
 
