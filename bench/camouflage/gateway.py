@@ -1,7 +1,8 @@
 """Gateway benchmark: nginx direct, nginx proxy_pass, and the Feint gateway, under wrk.
 
-    .venv/bin/python bench/camouflage/gateway.py            # 5 s per scenario
+    .venv/bin/python bench/camouflage/gateway.py            # 5 s per scenario (run.py runs it too)
     .venv/bin/python bench/camouflage/gateway.py --seconds 10 --connections 32
+    BENCH_PROFILE=1 .venv/bin/python bench/camouflage/gateway.py   # + the gateway's cProfile (CPU time)
 
 In one run, on loopback:
 
@@ -76,7 +77,18 @@ def nginx(tmp: Path, name: str, body: str, *, http: str = "") -> tuple[AbstractC
     return running_nginx(tmp / name, http=server, port=port), port
 
 
-def wrk(url: str, *, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, *, seconds: int, connections: int, script: Path | None = None, server_pid: int | None = None
+) -> dict[str, float]:
+    """One wrk run: requests/s, p50 and p99 (ms); with ``server_pid``, that process's CPU time per
+    request (us), the figure a loaded machine disturbs least."""
+    before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"User-Agent: {BROWSER}"]
     if script is not None:
         command += ["-s", str(script)]
@@ -88,7 +100,11 @@ def wrk(url: str, *, seconds: int, connections: int, script: Path | None = None)
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    figures = {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    if server_pid is not None:
+        count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        figures["cpu_us"] = (cpu_seconds(server_pid) - before) / max(count, 1) * 1e6
+    return figures
 
 
 async def clients(port: int) -> None:
@@ -241,10 +257,10 @@ def measure(*, seconds: int, connections: int, tmp: Path) -> dict[str, dict[str,
         return {
             "nginx direct": wrk(f"http://127.0.0.1:{direct_port}/", **common),
             "nginx proxy_pass": wrk(f"http://127.0.0.1:{proxy_port}/", **common),
-            "feint gateway": wrk(gateway_url, **common),
-            "decoy sessions": wrk(gateway_url, script=script, **common),
+            "feint gateway": wrk(gateway_url, server_pid=child.pid, **common),
+            "decoy sessions": wrk(gateway_url, script=script, server_pid=child.pid, **common),
             "nginx direct, 1 conn": wrk(f"http://127.0.0.1:{direct_port}/", seconds=seconds, connections=1),
-            "gateway, 1 conn": wrk(gateway_url, seconds=seconds, connections=1),
+            "gateway, 1 conn": wrk(gateway_url, seconds=seconds, connections=1, server_pid=child.pid),
         }
 
 
@@ -262,7 +278,8 @@ def report(runs: dict[str, dict[str, float]], *, seconds: int, connections: int)
     print(f"wrk -t1 -c{connections} -d{seconds}s (and -c1 where named):")
     for name, figures in runs.items():
         rps, p50, p99 = figures["rps"], figures["p50"], figures["p99"]
-        print(f"  {name:<20} {rps:9.0f} req/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms")
+        cpu = f"   gateway CPU {figures['cpu_us']:5.0f} us/request" if "cpu_us" in figures else ""
+        print(f"  {name:<20} {rps:9.0f} req/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms{cpu}")
     gw, px = runs["feint gateway"], runs["nginx proxy_pass"]
     one, direct_one = runs["gateway, 1 conn"], runs["nginx direct, 1 conn"]
     added = one["p50"] - direct_one["p50"]
@@ -271,6 +288,11 @@ def report(runs: dict[str, dict[str, float]], *, seconds: int, connections: int)
     print(f"gateway added latency p50 (-c{connections}): {gw['p50'] - runs['nginx direct']['p50']:.3f} ms")
     print(f"gateway throughput / nginx proxy_pass: {ratio:.2f}x (target >= 0.25x: {_met(ratio >= 0.25)})")
     print(f"decoy sessions/s through the gateway: {runs['decoy sessions']['rps']:.0f}")
+    cpu = gw["cpu_us"]
+    print(
+        f"gateway CPU per benign request: {cpu:.0f} us: a core of its own would serve at most ~{1e6 / cpu:,.0f}/s "
+        f"({1e6 / cpu / px['rps']:.2f}x this run's proxy_pass)"
+    )
     print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
 
 

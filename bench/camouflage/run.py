@@ -291,6 +291,7 @@ def _sibling(name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {HERE / name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
