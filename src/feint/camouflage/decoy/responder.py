@@ -21,6 +21,11 @@ GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
 # Answers remembered per responder, keyed by what decides them (see `PersonaResponder.respond`);
 # the table is emptied when full, so a scanner's unique paths cost a miss each, never memory.
 REPLY_CACHE_ENTRIES_MAX: Final = 4_096
+# Bytes the cached answers of one responder hold together (emptied when a new one would pass
+# it), and the largest answer worth keeping: a site file (up to 1 MB) asked for under many
+# Host values or query strings must not multiply in memory; larger answers render per request.
+REPLY_CACHE_BYTES_MAX: Final = 16 * 1024 * 1024
+REPLY_CACHE_ANSWER_BYTES_MAX: Final = 64 * 1024
 # Placeholders whose value is a function of the cache key (the request's method, target,
 # version, Host, Connection and Accept-Encoding, the local address, the persona), so a rendered
 # answer using them can be reused. A placeholder in neither set (one added later) makes its
@@ -122,6 +127,7 @@ class PersonaResponder:
         self._server = persona.server
         self._keepalive_max = persona.limits.keepalive_requests_max
         self._cache: dict[tuple[object, ...], _Answer] = {}
+        self._cache_bytes = 0
         self._cacheable_names = STABLE_NAMES | frozenset(persona.vars)
         self._response_cacheable: dict[tuple[str, int], bool] = {}
         self.cache_hits = 0
@@ -243,14 +249,20 @@ class PersonaResponder:
             split[-1] += body
             literals = tuple(split[0::2])
             slots = tuple(name.decode() for name in split[1::2])
-            data = literals[0]
-            if slots:
+            size = sum(len(literal) for literal in literals)
+            if size > REPLY_CACHE_ANSWER_BYTES_MAX:
+                answer = _Answer(rule, resolved, not keep, (), (), None, render=True)
+            elif slots:
                 answer = _Answer(rule, resolved, not keep, literals, slots, None, render=False)
             else:
-                answer = _Answer(rule, resolved, not keep, literals, (), Reply(data=data, close=not keep), render=False)
-        if len(self._cache) >= REPLY_CACHE_ENTRIES_MAX:
+                reply = Reply(data=literals[0], close=not keep)
+                answer = _Answer(rule, resolved, not keep, literals, (), reply, render=False)
+        size = sum(len(literal) for literal in answer.literals)
+        if len(self._cache) >= REPLY_CACHE_ENTRIES_MAX or self._cache_bytes + size > REPLY_CACHE_BYTES_MAX:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[key] = answer
+        self._cache_bytes += size
         return answer
 
     def _cacheable(self, response: Response, *, keep: bool, request: Request) -> bool:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from feint.camouflage.decoy import persona, probes, recorder
+from feint.camouflage.decoy import responder as responder_module
 from feint.camouflage.decoy.contract import Connection, Request
 from feint.camouflage.decoy.persona import Template
 from feint.camouflage.decoy.responder import REPLY_CACHE_ENTRIES_MAX, PersonaResponder
@@ -79,6 +80,25 @@ def test_the_cache_is_bounded() -> None:
         request = recorder.requests_of(f"GET /p{n} HTTP/1.1\r\nHost: h\r\n\r\n".encode(), p)[0]
         responder.respond(request, _conn(0))
     assert 0 < len(responder._cache) <= REPLY_CACHE_ENTRIES_MAX
+
+
+def test_the_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers held never pass REPLY_CACHE_BYTES_MAX together, and an answer over
+    REPLY_CACHE_ANSWER_BYTES_MAX is not held at all (it is rendered per request, still right)."""
+    p = persona.load("nginx-debian")
+    monkeypatch.setattr(responder_module, "REPLY_CACHE_BYTES_MAX", 5_000)
+    responder = PersonaResponder(p)
+    for n in range(100):
+        request = recorder.requests_of(f"GET /p{n} HTTP/1.1\r\nHost: h\r\n\r\n".encode(), p)[0]
+        responder.respond(request, _conn(0))
+        assert 0 < responder._cache_bytes <= 5_000
+    monkeypatch.setattr(responder_module, "REPLY_CACHE_ANSWER_BYTES_MAX", 100)
+    big = PersonaResponder(p)
+    request = recorder.requests_of(b"GET /nope HTTP/1.1\r\nHost: h\r\n\r\n", p)[0]
+    first = big.respond(request, _conn(0))
+    key = big._cache_key(request, _conn(0))
+    assert key is not None and big._cache[key].render and big._cache_bytes == 0
+    assert _DATE.sub(b"", big.respond(request, _conn(0)).data) == _DATE.sub(b"", first.data)
 
 
 def test_a_volatile_body_is_rendered_every_time() -> None:
