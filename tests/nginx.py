@@ -50,6 +50,22 @@ def wait_listening(port: int, *, proc: subprocess.Popen[bytes] | None = None) ->
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {NGINX_START_SECONDS_MAX} s")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (nginx's master and its workers), from Linux /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [int(child) for child in children.read_text().split()] if children.exists() else []
+    return [pid, *found]
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time the processes ``pids`` have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (after pid, comm: fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def nginx_conf(folder: Path, *, http: str, worker_connections: int = 1024, access_log: bool = False) -> Path:
     """Write ``folder/nginx.conf`` around the ``http`` directives; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from tests.nginx import free_port, nginx_binary, running_nginx  # noqa: E402
+from tests.nginx import cpu_seconds, free_port, nginx_binary, running_nginx  # noqa: E402
 
 # ../shared/data as the tests find it; from a worktree (/work/wt/<branch>) it is one level further up.
 SHARED = Path(
@@ -75,12 +75,6 @@ def nginx(tmp: Path, name: str, body: str, *, http: str = "") -> tuple[AbstractC
     port = free_port()
     server = f"{http}\nserver {{\n    listen 127.0.0.1:{port};\n    {body}\n}}"
     return running_nginx(tmp / name, http=server, port=port), port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(

@@ -12,7 +12,7 @@ Decoy vs real nginx: responses/s and latency of the same 404 on keep-alive conne
 
     .venv/bin/python bench/camouflage/run.py --parts decoy         # 10 s per scenario, 32 connections
     .venv/bin/python bench/camouflage/run.py --parts decoy --seconds 5 --connections 64
-    .venv/bin/python bench/camouflage/run.py --responder fixed     # a fixed 404 instead of the persona
+    .venv/bin/python bench/camouflage/run.py --parts decoy --responder fixed   # a fixed 404 instead of the persona
 
 Scenarios (one function each, so that the gateway's can be added beside them):
 - ``decoy``: the decoy server (uvloop, one process) with the nginx-debian persona (or, with
@@ -20,7 +20,10 @@ Scenarios (one function each, so that the gateway's can be added beside them):
 - ``nginx``: Debian's nginx, one worker, access log off, serving the same 404 for a missing file.
 
 Each scenario runs wrk (1 thread, keep-alive, ``--latency``) for ``--seconds`` after a one-second
-warm-up, on loopback. Prints responses/s, p50 and p99 per scenario, then decoy/nginx, against the
+warm-up, on loopback. Prints responses/s, p50, p99 and the server's CPU time per response (all
+its processes, from /proc) per scenario, then decoy/nginx by throughput and by CPU per response
+(the second is the figure a loaded machine disturbs least, and it is not capped by what one wrk
+thread can send, which may limit nginx's throughput), against the
 targets of issue #7: >= 10,000 responses/s, p99 <= 5 ms, >= 0.25x nginx. Before measuring, the
 two 404s are fetched once and compared (Date aside) so that both serve the same bytes. A first
 line prints the parser's own cost per request. ``BENCH_FREEZE=1`` freezes the decoy's heap after
@@ -52,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from tests.nginx import free_port, nginx_binary, running_nginx, wait_listening  # noqa: E402
+from tests.nginx import cpu_seconds, free_port, nginx_binary, process_tree, running_nginx, wait_listening  # noqa: E402
 
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase  # noqa: E402
 
@@ -74,13 +77,14 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: str
+    cpu_us: float  # the server's CPU time (all its processes) per response
 
 
 # -- servers ----------------------------------------------------------------------------------
 
 
 @contextmanager
-def nginx(tmp: Path) -> Iterator[int]:
+def nginx(tmp: Path) -> Iterator[tuple[int, list[int]]]:
     """Debian's nginx with one worker, serving an empty root (so every path is its 404)."""
     if nginx_binary() is None:
         raise SystemExit(f"{NGINX} is missing: apt-get install nginx")
@@ -104,19 +108,19 @@ def nginx(tmp: Path) -> Iterator[int]:
             location / {{ try_files $uri $uri/ =404; }}
         }}
     """
-    with running_nginx(tmp / "nginx", http=http, port=port, worker_connections=768):
-        yield port
+    with running_nginx(tmp / "nginx", http=http, port=port, worker_connections=768) as proc:
+        yield port, process_tree(proc.pid)
 
 
 @contextmanager
-def decoy(responder: str, fixed: bytes) -> Iterator[int]:
+def decoy(responder: str, fixed: bytes) -> Iterator[tuple[int, list[int]]]:
     """The decoy in its own process on uvloop."""
     port = free_port()
     env = {**os.environ, "BENCH_FIXED_404": fixed.hex()}
     proc = subprocess.Popen([sys.executable, __file__, "--serve-decoy", str(port), "--responder", responder], env=env)
     try:
         wait_listening(port, proc=proc)
-        yield port
+        yield port, [proc.pid]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -204,23 +208,26 @@ def masked(response: bytes) -> bytes:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, *, seconds: int, connections: int) -> tuple[float, float, float, str]:
-    """(responses/s, p50 ms, p99 ms, error lines) of one wrk run."""
+def wrk(port: int, *, seconds: int, connections: int, pids: list[int]) -> tuple[float, float, float, str, float]:
+    """(responses/s, p50 ms, p99 ms, error lines, the server's CPU us per response) of one wrk run."""
     url = f"http://127.0.0.1:{port}{PATH}"
     subprocess.run([WRK, "-t1", "-c", str(connections), "-d1s", url], capture_output=True, check=True)
+    before = cpu_seconds(*pids)
     out = subprocess.run(
         [WRK, "-t1", "-c", str(connections), f"-d{seconds}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(*pids) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     latency = {
         m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
         for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     }
     errors = " ".join(line.strip() for line in out.splitlines() if "Socket errors" in line or "Non-2xx" in line)
-    return rps, latency["50"], latency["99"], errors
+    return rps, latency["50"], latency["99"], errors, cpu / max(count, 1) * 1e6
 
 
 def parser_micro(rounds: int = 100_000) -> dict[str, float]:
@@ -251,16 +258,16 @@ def parser_micro(rounds: int = 100_000) -> dict[str, float]:
 
 def scenario_nginx(args: argparse.Namespace, tmp: Path) -> Figures:
     """Debian nginx, one worker."""
-    with nginx(tmp) as port:
-        rps, p50, p99, errors = wrk(port, seconds=args.seconds, connections=args.connections)
-    return Figures("nginx", "Debian nginx 1 worker", rps, p50, p99, errors)
+    with nginx(tmp) as (port, pids):
+        rps, p50, p99, errors, cpu = wrk(port, seconds=args.seconds, connections=args.connections, pids=pids)
+    return Figures("nginx", "Debian nginx 1 worker", rps, p50, p99, errors, cpu)
 
 
 def scenario_decoy(args: argparse.Namespace, tmp: Path) -> Figures:
     """The decoy with the persona (or the fixed 404)."""
-    with decoy(args.responder, args.fixed_404) as port:
-        rps, p50, p99, errors = wrk(port, seconds=args.seconds, connections=args.connections)
-    return Figures("decoy", f"decoy, responder {args.responder}", rps, p50, p99, errors)
+    with decoy(args.responder, args.fixed_404) as (port, pids):
+        rps, p50, p99, errors, cpu = wrk(port, seconds=args.seconds, connections=args.connections, pids=pids)
+    return Figures("decoy", f"decoy, responder {args.responder}", rps, p50, p99, errors, cpu)
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Figures]] = {
@@ -273,9 +280,9 @@ def same_404(args: argparse.Namespace, tmp: Path) -> bytes:
     """nginx's 404 bytes; prints whether the decoy's are the same (Date aside)."""
     check = tmp / "check"
     check.mkdir()
-    with nginx(check) as port:
+    with nginx(check) as (port, _):
         real = fetch(port)
-    with decoy(args.responder, real) as port:
+    with decoy(args.responder, real) as (port, _):
         fake = fetch(port)
     print(f"404 from nginx: {len(real)} bytes; from the decoy: {len(fake)} bytes; ", end="")
     print("identical (Date aside)" if masked(real) == masked(fake) else "DIFFERENT:")
@@ -309,14 +316,22 @@ def run_decoy(args: argparse.Namespace) -> None:
             (tmp / scenario).mkdir()
             results[scenario] = SCENARIOS[scenario](args, tmp / scenario)
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s --latency GET {PATH} (keep-alive)")
-    print(f"{'scenario':<10} {'responses/s':>12} {'p50 ms':>8} {'p99 ms':>8}  what")
+    print(f"{'scenario':<10} {'responses/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/resp':>12}  what")
     for fig in results.values():
-        print(f"{fig.name:<10} {fig.rps:>12,.0f} {fig.p50_ms:>8.2f} {fig.p99_ms:>8.2f}  {fig.what} {fig.errors}")
+        print(
+            f"{fig.name:<10} {fig.rps:>12,.0f} {fig.p50_ms:>8.2f} {fig.p99_ms:>8.2f} {fig.cpu_us:>12.1f}"
+            f"  {fig.what} {fig.errors}"
+        )
     print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
     if "decoy" in results and "nginx" in results:
         d, n = results["decoy"], results["nginx"]
         ratio = d.rps / n.rps
         print(f"decoy/nginx: {ratio:.2f}x")
+        # The CPU each server spent per response is what a loaded machine disturbs least: its
+        # inverse ratio is the throughput ratio the two would reach on a core each.
+        print(
+            f"decoy/nginx by CPU per response: {n.cpu_us / d.cpu_us:.2f}x ({d.cpu_us:.1f} us against {n.cpu_us:.1f} us)"
+        )
         print(
             f"targets: >= {TARGET_RPS:,} responses/s {'met' if d.rps >= TARGET_RPS else 'MISSED'}; "
             f"p99 <= {TARGET_P99_MS} ms {'met' if d.p99_ms <= TARGET_P99_MS else 'MISSED'}; "
