@@ -77,13 +77,11 @@ def _settings_values(tmp_path: Path, database_url: str, redis_url: str | None, p
 
 
 @pytest.fixture
-def replica(
-    clean_db: str, make_settings: Callable[..., Settings], redis_url: str
-) -> Callable[[str], contextlib_platform]:
+def replica(clean_db: str, make_settings: Callable[..., Settings], redis_url: str) -> Callable[[str], OpenedPlatform]:
     """Factory: an opened platform (one replica) on the test database and the real Redis under ``prefix``."""
 
-    def make(prefix: str) -> contextlib_platform:
-        return contextlib_platform(
+    def make(prefix: str) -> OpenedPlatform:
+        return OpenedPlatform(
             build(
                 make_settings(database_url=clean_db, redis_url=redis_url, redis_key_prefix=prefix),
                 database_url=clean_db,
@@ -93,7 +91,7 @@ def replica(
     return make
 
 
-class contextlib_platform:  # noqa: N801 - reads as the context manager it is
+class OpenedPlatform:
     """``async with replica(prefix) as platform``: opened on entry, closed on exit."""
 
     def __init__(self, platform: Platform) -> None:
@@ -117,7 +115,7 @@ def _prefix() -> str:
 
 
 async def test_the_store_is_redis_when_configured_and_postgresql_without(
-    platform: Platform, replica: Callable[[str], contextlib_platform]
+    platform: Platform, replica: Callable[[str], OpenedPlatform]
 ) -> None:
     """With FEINT_REDIS_URL the bandit reads Redis and writes through to PostgreSQL; without it,
     PostgreSQL is the shared store."""
@@ -129,7 +127,7 @@ async def test_the_store_is_redis_when_configured_and_postgresql_without(
 
 
 async def test_two_replicas_lose_no_pull_or_reward(
-    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], contextlib_platform]
+    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], OpenedPlatform]
 ) -> None:
     """Two replicas (own Redis clients and pools), many concurrent sessions ending on the same arm:
     every pull and every reward is counted, in Redis and in PostgreSQL, and each replica reads it."""
@@ -184,7 +182,7 @@ async def test_two_processes_lose_no_pull_or_reward(
     reward_sum = 2 * sum(REWARDS[n % len(REWARDS)] for n in range(PROCESS_UPDATES))
     durable = {s.arm: s for s in await PostgresBanditStore(platform.db).arms(tenant_id=tenant, band=BAND)}
     assert (durable[arm].pulls, durable[arm].reward_sum) == (total, reward_sum)
-    async with contextlib_platform(
+    async with OpenedPlatform(
         build(Settings(**_settings_values(tmp_path, clean_db, redis_url, prefix)), database_url=clean_db)
     ) as reader:
         shared = {s.arm: s for s in await bandit_store_for(reader).arms(tenant_id=tenant, band=BAND)}
@@ -192,7 +190,7 @@ async def test_two_processes_lose_no_pull_or_reward(
 
 
 async def test_two_replicas_rotate_an_arm_once(
-    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], contextlib_platform]
+    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], OpenedPlatform]
 ) -> None:
     """Both replicas deciding to retire the same arm at once: one rotation, in Redis and PostgreSQL."""
     prefix = _prefix()
@@ -218,7 +216,7 @@ async def test_two_replicas_rotate_an_arm_once(
 
 
 async def test_redis_that_lost_its_data_is_seeded_from_postgresql(
-    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], contextlib_platform]
+    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], OpenedPlatform]
 ) -> None:
     """After Redis loses the bandit's hash, the counts come back from PostgreSQL and go on from there."""
     prefix = _prefix()
@@ -246,7 +244,7 @@ async def test_without_redis_replicas_share_postgresql(
     """Without Redis, two replicas on PostgreSQL alone count every concurrent session, and what one
     learns changes the other's next choice."""
     second = build(make_settings(database_url=clean_db), database_url=clean_db)
-    async with contextlib_platform(second) as other:
+    async with OpenedPlatform(second) as other:
         a = Bandit(bandit_store_for(platform), personas=PERSONAS)
         b = Bandit(bandit_store_for(other), personas=PERSONAS)
         arms = [s.arm for s in await a.stats(tenant_id=tenant, band=BAND) if s.active]
