@@ -48,8 +48,14 @@ format: install-dev
 	$(BIN)/ruff format src tests $(wildcard bench)
 	$(BIN)/ruff check --fix src tests $(wildcard bench)
 
-## bench: the benchmarks under bench/ (each prints its figures)
-bench: install-dev
+## bench: the benchmarks under bench/ (each prints its figures); bench/*/requirements.txt are
+## benchmark-only dependencies (MABWiser, compared with our UCB1), installed into the venv here only
+BENCHSTAMP := $(VENV)/.installed-bench
+$(BENCHSTAMP): $(DEVSTAMP) bench/camouflage/requirements.txt
+	$(PIP) install --quiet -r bench/camouflage/requirements.txt
+	@touch $@
+
+bench: install-dev $(BENCHSTAMP)
 	@for script in bench/*/run.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 ## deploy-tools: checkov and hadolint in their own virtualenv (.venv-tools; pinned in deploy/tools-requirements.txt)

@@ -1,7 +1,8 @@
 """Gateway benchmark: nginx direct, nginx proxy_pass, and the Feint gateway, under wrk.
 
-    .venv/bin/python bench/camouflage/gateway.py            # 5 s per scenario
+    .venv/bin/python bench/camouflage/gateway.py            # 5 s per scenario (run.py runs it too)
     .venv/bin/python bench/camouflage/gateway.py --seconds 10 --connections 32
+    BENCH_PROFILE=1 .venv/bin/python bench/camouflage/gateway.py   # + the gateway's cProfile (CPU time)
 
 In one run, on loopback:
 
@@ -23,25 +24,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import os
+import pstats
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-SHARED = Path(os.environ.get("FEINT_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tests.nginx import cpu_seconds, free_port, nginx_binary, running_nginx  # noqa: E402
+
+# ../shared/data as the tests find it; from a worktree (/work/wt/<branch>) it is one level further up.
+SHARED = Path(
+    os.environ.get(
+        "FEINT_SHARED_DATA",
+        next(
+            (p for p in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data") if p.is_dir()),
+            REPO.parent / "shared" / "data",
+        ),
+    )
+)
 CLIENT_REQUESTS = 4_000
 CLIENT_CONCURRENCY = 16
+STOP_SECONDS_MAX = 10.0
+PROFILE_LINES = 25  # functions printed from the gateway's profile (BENCH_PROFILE=1)
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 SCANNER_LUA = """
 counter = 0
@@ -52,50 +70,19 @@ end
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def nginx(tmp: Path, name: str, body: str, *, http: str = "") -> tuple[subprocess.Popen[bytes], int]:
+def nginx(tmp: Path, name: str, body: str, *, http: str = "") -> tuple[AbstractContextManager[object], int]:
+    """A loopback nginx (tests/nginx.py) whose one server block holds ``body``: (context, port)."""
     port = free_port()
-    root = tmp / name
-    root.mkdir()
-    conf = root / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""
-            daemon off;
-            {"user root;" if os.geteuid() == 0 else ""}
-            worker_processes 1;
-            pid {root}/nginx.pid;
-            error_log {root}/error.log;
-            events {{ worker_connections 1024; }}
-            http {{
-                access_log off;
-                {http}
-                client_body_temp_path {root};
-                proxy_temp_path {root};
-                fastcgi_temp_path {root};
-                uwsgi_temp_path {root};
-                scgi_temp_path {root};
-                server {{
-                    listen 127.0.0.1:{port};
-                    {body}
-                }}
-            }}
-            """
-        )
-    )
-    proc = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(root)])
-    time.sleep(0.3)
-    return proc, port
+    server = f"{http}\nserver {{\n    listen 127.0.0.1:{port};\n    {body}\n}}"
+    return running_nginx(tmp / name, http=server, port=port), port
 
 
-def wrk(url: str, *, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+def wrk(
+    url: str, *, seconds: int, connections: int, script: Path | None = None, server_pid: int | None = None
+) -> dict[str, float]:
+    """One wrk run: requests/s, p50 and p99 (ms); with ``server_pid``, that process's CPU time per
+    request (us), the figure a loaded machine disturbs least."""
+    before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"User-Agent: {BROWSER}"]
     if script is not None:
         command += ["-s", str(script)]
@@ -107,7 +94,11 @@ def wrk(url: str, *, seconds: int, connections: int, script: Path | None = None)
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    figures = {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    if server_pid is not None:
+        count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        figures["cpu_us"] = (cpu_seconds(server_pid) - before) / max(count, 1) * 1e6
+    return figures
 
 
 async def clients(port: int) -> None:
@@ -173,7 +164,7 @@ async def clients(port: int) -> None:
 
 
 def serve_gateway(upstream_port: int, port: int) -> None:
-    """The child process: the gateway with the full shared rule set, until killed."""
+    """The child process: the gateway with the full shared rule set, until SIGTERM."""
     from feint.camouflage.decoy import persona, responder, server
     from feint.camouflage.engine.clients import MemoryClients
     from feint.camouflage.engine.decisions import DecisionLog
@@ -200,74 +191,126 @@ def serve_gateway(upstream_port: int, port: int) -> None:
             divert_threshold=5,
         )
         writer = asyncio.create_task(decisions.run())
-        await server.serve(gateway, host="127.0.0.1", port=port)
+        listening = await server.serve(gateway, host="127.0.0.1", port=port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"gateway ready, {len(rules)} rules", flush=True)
-        await asyncio.Event().wait()
+        # CPU time, not wall time: on a loaded machine a wall-clock profile charges the time this
+        # process waits for a core to whatever it was doing (a socket write that woke wrk).
+        profile = cProfile.Profile(time.process_time) if os.environ.get("BENCH_PROFILE") == "1" else None
+        if profile is not None:
+            profile.enable()
+        await stop.wait()
+        if profile is not None:
+            profile.disable()
+            out = io.StringIO()
+            stats = pstats.Stats(profile, stream=out).sort_stats("tottime")
+            stats.print_stats(PROFILE_LINES)
+            stats.sort_stats("cumulative").print_stats(PROFILE_LINES)
+            print(
+                f"gateway profile (cProfile, CPU time, whole run, by own then cumulative time):\n{out.getvalue()}",
+                file=sys.stderr,
+            )
+        await listening.stop(grace_seconds=1.0)
         writer.cancel()
 
     server.run(main())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--serve-gateway", nargs=2, type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_gateway:
-        serve_gateway(*args.serve_gateway)
-        return
-    if shutil.which("wrk") is None or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
-        print("needs wrk and nginx (apt-get install wrk nginx)")
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        direct, direct_port = nginx(tmp, "direct", "location / { root /usr/share/nginx/html; index index.html; }")
-        proxy, proxy_port = nginx(
-            tmp,
-            "proxy",
-            'location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }',
-            http=f"upstream up {{ server 127.0.0.1:{direct_port}; keepalive 64; }}",
-        )
-        gateway_port = free_port()
+def measure(*, seconds: int, connections: int, tmp: Path) -> dict[str, dict[str, float]]:
+    """Every wrk run of the gateway benchmark, by name (nginx direct, proxy_pass, the gateway, …)."""
+    direct, direct_port = nginx(tmp, "direct", "location / { root /usr/share/nginx/html; index index.html; }")
+    proxy, proxy_port = nginx(
+        tmp,
+        "proxy",
+        'location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }',
+        http=f"upstream up {{ server 127.0.0.1:{direct_port}; keepalive 64; }}",
+    )
+    gateway_port = free_port()
+    with ExitStack() as stack:
+        stack.enter_context(direct)
+        stack.enter_context(proxy)
         child = subprocess.Popen(
             [sys.executable, __file__, "--serve-gateway", str(direct_port), str(gateway_port)],
             stdout=subprocess.PIPE,
             text=True,
         )
-        try:
-            assert child.stdout is not None
-            print(child.stdout.readline().strip())
-            time.sleep(0.5)
-            print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
-            print("upstream clients (same 4,000 requests to nginx, 16 in flight):")
-            asyncio.run(clients(direct_port))
-            script = tmp / "scanners.lua"
-            script.write_text(SCANNER_LUA)
-            common = {"seconds": args.seconds, "connections": args.connections}
-            runs = {
-                "nginx direct": wrk(f"http://127.0.0.1:{direct_port}/", **common),
-                "nginx proxy_pass": wrk(f"http://127.0.0.1:{proxy_port}/", **common),
-                "feint gateway": wrk(f"http://127.0.0.1:{gateway_port}/", **common),
-                "decoy sessions": wrk(f"http://127.0.0.1:{gateway_port}/", script=script, **common),
-                "nginx direct, 1 conn": wrk(f"http://127.0.0.1:{direct_port}/", seconds=args.seconds, connections=1),
-                "gateway, 1 conn": wrk(f"http://127.0.0.1:{gateway_port}/", seconds=args.seconds, connections=1),
-            }
-        finally:
-            child.kill()
-            direct.terminate()
-            proxy.terminate()
-        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s (and -c1 where named):")
-        for name, figures in runs.items():
-            rps, p50, p99 = figures["rps"], figures["p50"], figures["p99"]
-            print(f"  {name:<20} {rps:9.0f} req/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms")
-        gw, px = runs["feint gateway"], runs["nginx proxy_pass"]
-        one, direct_one = runs["gateway, 1 conn"], runs["nginx direct, 1 conn"]
-        print(f"gateway added latency p50 (1 connection): {one['p50'] - direct_one['p50']:.3f} ms (target <= 1 ms)")
-        print(f"gateway throughput / nginx proxy_pass: {gw['rps'] / px['rps']:.2f}x (target >= 0.25x)")
-        print(f"decoy sessions/s through the gateway: {runs['decoy sessions']['rps']:.0f}")
-        print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
+        stack.callback(_stop, child)
+        if child.stdout is None:
+            raise RuntimeError("the gateway child has no stdout")
+        print(child.stdout.readline().strip())
+        time.sleep(0.5)
+        print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
+        print(f"upstream clients (same {CLIENT_REQUESTS:,} requests to nginx, {CLIENT_CONCURRENCY} in flight):")
+        asyncio.run(clients(direct_port))
+        script = tmp / "scanners.lua"
+        script.write_text(SCANNER_LUA)
+        common = {"seconds": seconds, "connections": connections}
+        gateway_url = f"http://127.0.0.1:{gateway_port}/"
+        wrk(gateway_url, seconds=1, connections=connections)  # warm-up: pools, caches, rule views
+        return {
+            "nginx direct": wrk(f"http://127.0.0.1:{direct_port}/", **common),
+            "nginx proxy_pass": wrk(f"http://127.0.0.1:{proxy_port}/", **common),
+            "feint gateway": wrk(gateway_url, server_pid=child.pid, **common),
+            "decoy sessions": wrk(gateway_url, script=script, server_pid=child.pid, **common),
+            "nginx direct, 1 conn": wrk(f"http://127.0.0.1:{direct_port}/", seconds=seconds, connections=1),
+            "gateway, 1 conn": wrk(gateway_url, seconds=seconds, connections=1, server_pid=child.pid),
+        }
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    """SIGTERM (the child writes its profile, when asked for one), then wait."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_SECONDS_MAX)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def report(runs: dict[str, dict[str, float]], *, seconds: int, connections: int) -> None:
+    print(f"wrk -t1 -c{connections} -d{seconds}s (and -c1 where named):")
+    for name, figures in runs.items():
+        rps, p50, p99 = figures["rps"], figures["p50"], figures["p99"]
+        cpu = f"   gateway CPU {figures['cpu_us']:5.0f} us/request" if "cpu_us" in figures else ""
+        print(f"  {name:<20} {rps:9.0f} req/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms{cpu}")
+    gw, px = runs["feint gateway"], runs["nginx proxy_pass"]
+    one, direct_one = runs["gateway, 1 conn"], runs["nginx direct, 1 conn"]
+    added = one["p50"] - direct_one["p50"]
+    ratio = gw["rps"] / px["rps"]
+    print(f"gateway added latency p50 (1 connection): {added:.3f} ms (target <= 1 ms: {_met(added <= 1.0)})")
+    print(f"gateway added latency p50 (-c{connections}): {gw['p50'] - runs['nginx direct']['p50']:.3f} ms")
+    print(f"gateway throughput / nginx proxy_pass: {ratio:.2f}x (target >= 0.25x: {_met(ratio >= 0.25)})")
+    print(f"decoy sessions/s through the gateway: {runs['decoy sessions']['rps']:.0f}")
+    cpu = gw["cpu_us"]
+    print(
+        f"gateway CPU per benign request: {cpu:.0f} us: a core of its own would serve at most ~{1e6 / cpu:,.0f}/s "
+        f"({1e6 / cpu / px['rps']:.2f}x this run's proxy_pass)"
+    )
+    print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--serve-gateway", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_gateway:
+        serve_gateway(*args.serve_gateway)
+        return 0
+    if shutil.which("wrk") is None or nginx_binary() is None:
+        print("needs wrk and nginx (apt-get install wrk nginx)")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="feint-bench-gateway-") as folder:
+        runs = measure(seconds=args.seconds, connections=args.connections, tmp=Path(folder))
+    report(runs, seconds=args.seconds, connections=args.connections)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

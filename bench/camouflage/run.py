@@ -1,8 +1,18 @@
-"""Decoy vs real nginx: responses/s and latency of the same 404 on keep-alive connections (wrk).
+"""Camouflage benchmarks (issues #7 and #8), in one run: the decoy against nginx, the gateway
+against nginx direct and nginx proxy_pass, and the bandit's select+update cost.
 
-    .venv/bin/python bench/camouflage/run.py                       # 10 s per scenario, 32 connections
-    .venv/bin/python bench/camouflage/run.py --seconds 5 --connections 64
-    .venv/bin/python bench/camouflage/run.py --responder fixed     # a fixed 404 instead of the persona
+    .venv/bin/python bench/camouflage/run.py                       # all three parts (what `make bench` runs)
+    .venv/bin/python bench/camouflage/run.py --parts decoy         # or gateway, bandit, or a comma list
+    .venv/bin/python bench/camouflage/run.py --gateway-seconds 10 --gateway-connections 32
+
+The gateway part is ``gateway.py`` (see its docstring; it also runs alone), the bandit part
+``bandit.py`` (MABWiser from ``requirements.txt`` for the comparison). The decoy part:
+
+Decoy vs real nginx: responses/s and latency of the same 404 on keep-alive connections (wrk).
+
+    .venv/bin/python bench/camouflage/run.py --parts decoy         # 10 s per scenario, 32 connections
+    .venv/bin/python bench/camouflage/run.py --parts decoy --seconds 5 --connections 64
+    .venv/bin/python bench/camouflage/run.py --parts decoy --responder fixed   # a fixed 404 instead of the persona
 
 Scenarios (one function each, so that the gateway's can be added beside them):
 - ``decoy``: the decoy server (uvloop, one process) with the nginx-debian persona (or, with
@@ -10,7 +20,10 @@ Scenarios (one function each, so that the gateway's can be added beside them):
 - ``nginx``: Debian's nginx, one worker, access log off, serving the same 404 for a missing file.
 
 Each scenario runs wrk (1 thread, keep-alive, ``--latency``) for ``--seconds`` after a one-second
-warm-up, on loopback. Prints responses/s, p50 and p99 per scenario, then decoy/nginx, against the
+warm-up, on loopback. Prints responses/s, p50, p99 and the server's CPU time per response (all
+its processes, from /proc) per scenario, then decoy/nginx by throughput and by CPU per response
+(the second is the figure a loaded machine disturbs least, and it is not capped by what one wrk
+thread can send, which may limit nginx's throughput), against the
 targets of issue #7: >= 10,000 responses/s, p99 <= 5 ms, >= 0.25x nginx. Before measuring, the
 two 404s are fetched once and compared (Date aside) so that both serve the same bytes. A first
 line prints the parser's own cost per request. ``BENCH_FREEZE=1`` freezes the decoy's heap after
@@ -22,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import os
 import re
 import shutil
@@ -34,14 +48,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))
+
+from tests.nginx import cpu_seconds, free_port, nginx_binary, process_tree, running_nginx, wait_listening  # noqa: E402
 
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase  # noqa: E402
 
 PATH = "/missing-page"
-START_SECONDS_MAX = 15.0
 TARGET_RPS = 10_000
 TARGET_P99_MS = 5.0
 TARGET_RATIO = 0.25
@@ -59,87 +77,50 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: str
+    cpu_us: float  # the server's CPU time (all its processes) per response
 
 
 # -- servers ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + START_SECONDS_MAX
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {START_SECONDS_MAX} s")
-
-
 @contextmanager
-def nginx(tmp: Path) -> Iterator[int]:
+def nginx(tmp: Path) -> Iterator[tuple[int, list[int]]]:
     """Debian's nginx with one worker, serving an empty root (so every path is its 404)."""
-    if not Path(NGINX).exists():
+    if nginx_binary() is None:
         raise SystemExit(f"{NGINX} is missing: apt-get install nginx")
     port = free_port()
     root = tmp / "nginx-root"
     root.mkdir()
-    conf = tmp / "nginx.conf"
     # Debian's nginx.conf with what a benchmark must change: one worker, loopback port, files
-    # under tmp, no access log (the decoy writes none either).
-    conf.write_text(
-        f"""
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 768; }}
-http {{
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log off;
-    gzip on;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        index index.html index.htm index.nginx-debian.html;
-        server_name _;
-        location / {{ try_files $uri $uri/ =404; }}
-    }}
-}}
-"""
-    )
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"])
-    try:
-        wait_port(port, proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    # under tmp, no access log (the decoy writes none either); tests/nginx.py writes the rest.
+    http = f"""
+        sendfile on;
+        tcp_nopush on;
+        types_hash_max_size 2048;
+        include /etc/nginx/mime.types;
+        default_type application/octet-stream;
+        gzip on;
+        server {{
+            listen 127.0.0.1:{port};
+            root {root};
+            index index.html index.htm index.nginx-debian.html;
+            server_name _;
+            location / {{ try_files $uri $uri/ =404; }}
+        }}
+    """
+    with running_nginx(tmp / "nginx", http=http, port=port, worker_connections=768) as proc:
+        yield port, process_tree(proc.pid)
 
 
 @contextmanager
-def decoy(responder: str, fixed: bytes) -> Iterator[int]:
+def decoy(responder: str, fixed: bytes) -> Iterator[tuple[int, list[int]]]:
     """The decoy in its own process on uvloop."""
     port = free_port()
     env = {**os.environ, "BENCH_FIXED_404": fixed.hex()}
     proc = subprocess.Popen([sys.executable, __file__, "--serve-decoy", str(port), "--responder", responder], env=env)
     try:
-        wait_port(port, proc)
-        yield port
+        wait_listening(port, proc=proc)
+        yield port, [proc.pid]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -227,23 +208,26 @@ def masked(response: bytes) -> bytes:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, *, seconds: int, connections: int) -> tuple[float, float, float, str]:
-    """(responses/s, p50 ms, p99 ms, error lines) of one wrk run."""
+def wrk(port: int, *, seconds: int, connections: int, pids: list[int]) -> tuple[float, float, float, str, float]:
+    """(responses/s, p50 ms, p99 ms, error lines, the server's CPU us per response) of one wrk run."""
     url = f"http://127.0.0.1:{port}{PATH}"
     subprocess.run([WRK, "-t1", "-c", str(connections), "-d1s", url], capture_output=True, check=True)
+    before = cpu_seconds(*pids)
     out = subprocess.run(
         [WRK, "-t1", "-c", str(connections), f"-d{seconds}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(*pids) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     latency = {
         m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
         for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     }
     errors = " ".join(line.strip() for line in out.splitlines() if "Socket errors" in line or "Non-2xx" in line)
-    return rps, latency["50"], latency["99"], errors
+    return rps, latency["50"], latency["99"], errors, cpu / max(count, 1) * 1e6
 
 
 def parser_micro(rounds: int = 100_000) -> dict[str, float]:
@@ -274,16 +258,16 @@ def parser_micro(rounds: int = 100_000) -> dict[str, float]:
 
 def scenario_nginx(args: argparse.Namespace, tmp: Path) -> Figures:
     """Debian nginx, one worker."""
-    with nginx(tmp) as port:
-        rps, p50, p99, errors = wrk(port, seconds=args.seconds, connections=args.connections)
-    return Figures("nginx", "Debian nginx 1 worker", rps, p50, p99, errors)
+    with nginx(tmp) as (port, pids):
+        rps, p50, p99, errors, cpu = wrk(port, seconds=args.seconds, connections=args.connections, pids=pids)
+    return Figures("nginx", "Debian nginx 1 worker", rps, p50, p99, errors, cpu)
 
 
 def scenario_decoy(args: argparse.Namespace, tmp: Path) -> Figures:
     """The decoy with the persona (or the fixed 404)."""
-    with decoy(args.responder, args.fixed_404) as port:
-        rps, p50, p99, errors = wrk(port, seconds=args.seconds, connections=args.connections)
-    return Figures("decoy", f"decoy, responder {args.responder}", rps, p50, p99, errors)
+    with decoy(args.responder, args.fixed_404) as (port, pids):
+        rps, p50, p99, errors, cpu = wrk(port, seconds=args.seconds, connections=args.connections, pids=pids)
+    return Figures("decoy", f"decoy, responder {args.responder}", rps, p50, p99, errors, cpu)
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Figures]] = {
@@ -296,9 +280,9 @@ def same_404(args: argparse.Namespace, tmp: Path) -> bytes:
     """nginx's 404 bytes; prints whether the decoy's are the same (Date aside)."""
     check = tmp / "check"
     check.mkdir()
-    with nginx(check) as port:
+    with nginx(check) as (port, _):
         real = fetch(port)
-    with decoy(args.responder, real) as port:
+    with decoy(args.responder, real) as (port, _):
         fake = fetch(port)
     print(f"404 from nginx: {len(real)} bytes; from the decoy: {len(fake)} bytes; ", end="")
     print("identical (Date aside)" if masked(real) == masked(fake) else "DIFFERENT:")
@@ -308,20 +292,19 @@ def same_404(args: argparse.Namespace, tmp: Path) -> bytes:
     return real
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--responder", default="nginx-debian", help="a persona name, or 'fixed'")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--serve-decoy", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve_decoy:
-        serve_decoy(args.serve_decoy, args.responder)
-        return 0
-    for tool in (WRK, NGINX):
-        if not shutil.which(tool) and not Path(tool).exists():
-            raise SystemExit(f"{tool} is missing (apt-get install wrk nginx)")
+def _sibling(name: str) -> ModuleType:
+    """bench/camouflage/<name>.py as a module (this folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_camouflage_{name}", HERE / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {HERE / name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_decoy(args: argparse.Namespace) -> None:
+    """Issue #7: the decoy's 404 against nginx's, same run."""
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min), {os.cpu_count()} cpus")
     micro = parser_micro()
     print("parser alone: " + ", ".join(f"{kind} request {us:.1f} us" for kind, us in micro.items()))
@@ -333,19 +316,77 @@ def main(argv: list[str]) -> int:
             (tmp / scenario).mkdir()
             results[scenario] = SCENARIOS[scenario](args, tmp / scenario)
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s --latency GET {PATH} (keep-alive)")
-    print(f"{'scenario':<10} {'responses/s':>12} {'p50 ms':>8} {'p99 ms':>8}  what")
+    print(f"{'scenario':<10} {'responses/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/resp':>12}  what")
     for fig in results.values():
-        print(f"{fig.name:<10} {fig.rps:>12,.0f} {fig.p50_ms:>8.2f} {fig.p99_ms:>8.2f}  {fig.what} {fig.errors}")
+        print(
+            f"{fig.name:<10} {fig.rps:>12,.0f} {fig.p50_ms:>8.2f} {fig.p99_ms:>8.2f} {fig.cpu_us:>12.1f}"
+            f"  {fig.what} {fig.errors}"
+        )
     print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
     if "decoy" in results and "nginx" in results:
         d, n = results["decoy"], results["nginx"]
         ratio = d.rps / n.rps
         print(f"decoy/nginx: {ratio:.2f}x")
+        # The CPU each server spent per response is what a loaded machine disturbs least: its
+        # inverse ratio is the throughput ratio the two would reach on a core each.
+        print(
+            f"decoy/nginx by CPU per response: {n.cpu_us / d.cpu_us:.2f}x ({d.cpu_us:.1f} us against {n.cpu_us:.1f} us)"
+        )
         print(
             f"targets: >= {TARGET_RPS:,} responses/s {'met' if d.rps >= TARGET_RPS else 'MISSED'}; "
             f"p99 <= {TARGET_P99_MS} ms {'met' if d.p99_ms <= TARGET_P99_MS else 'MISSED'}; "
             f">= {TARGET_RATIO}x nginx {'met' if ratio >= TARGET_RATIO else 'MISSED'}"
         )
+
+
+def run_gateway(args: argparse.Namespace) -> None:
+    """Issue #8: nginx direct, nginx proxy_pass and the Feint gateway, same run."""
+    gateway = _sibling("gateway")
+    seconds, connections = args.gateway_seconds, args.gateway_connections
+    with tempfile.TemporaryDirectory(prefix="feint-bench-gateway-") as name:
+        runs = gateway.measure(seconds=seconds, connections=connections, tmp=Path(name))
+    gateway.report(runs, seconds=seconds, connections=connections)
+
+
+def run_bandit(args: argparse.Namespace) -> None:
+    """Issue #8: UCB1 select+update, ours against MABWiser's."""
+    bandit = _sibling("bandit")
+    bandit.report(bandit.measure(rounds=args.bandit_rounds, arms=bandit.ARMS_DEFAULT))
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "decoy": run_decoy,
+    "gateway": run_gateway,
+    "bandit": run_bandit,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help="decoy, gateway, bandit (comma separated)")
+    parser.add_argument("--seconds", type=int, default=10, help="decoy: seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="decoy: wrk connections")
+    parser.add_argument("--responder", default="nginx-debian", help="decoy: a persona name, or 'fixed'")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="decoy: scenarios")
+    parser.add_argument("--gateway-seconds", type=int, default=5)
+    parser.add_argument("--gateway-connections", type=int, default=16)
+    parser.add_argument("--bandit-rounds", type=int, default=5_000)
+    parser.add_argument("--serve-decoy", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_decoy:
+        serve_decoy(args.serve_decoy, args.responder)
+        return 0
+    parts = args.parts.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    if {"decoy", "gateway"} & set(parts):
+        for tool in (WRK, NGINX):
+            if not shutil.which(tool) and not Path(tool).exists():
+                raise SystemExit(f"{tool} is missing (apt-get install wrk nginx)")
+    for part in parts:
+        print(f"\n== {part}")
+        PARTS[part](args)
     return 0
 
 

@@ -360,20 +360,29 @@ class Gateway:
             return reply
         judged.window.answered(path, answer.status)
         after = judged.rules.after
+        answered = _with_status(judged.record, answer.status)  # once: the after-rules and the log read it
         if after is not None:
-            answered = _with_status(judged.record, answer.status)
             verdict = after.evaluate(answered)
             if verdict.hits:
                 weights = {rule.key: after.rule_set.weight_of(rule) for rule in after.rules}
                 judged.window.carry(self.clock(), ((key, weights[key]) for key in verdict.hits))
         self.clients.put(judged.key, judged.window)
-        self._log(judged, action="allow", status=answer.status)
+        self._log(judged, action="allow", status=answer.status, record=answered)
         return Reply(data=answer.data, close=answer.close, stream=answer.stream)
 
-    def _log(self, judged: Judgement, *, action: str, status: int | None, session: Session | None = None) -> None:
+    def _log(
+        self,
+        judged: Judgement,
+        *,
+        action: str,
+        status: int | None,
+        session: Session | None = None,
+        record: RequestRecord | None = None,
+    ) -> None:
+        """Submit the decision; ``record``: the judged record with ``status`` already set."""
         self.decisions.submit(
             Decision(
-                record=_with_status(judged.record, status),
+                record=record if record is not None else _with_status(judged.record, status),
                 decided_at=datetime.now(UTC),
                 tenant_id=self.tenant_id,
                 client_key=judged.key,

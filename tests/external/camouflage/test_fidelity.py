@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,27 +15,11 @@ import pytest
 from feint.camouflage.decoy import exchange, fidelity, persona, probes, recorder, server
 from feint.camouflage.decoy.responder import PersonaResponder
 from tests.external.conftest import debian_tool
+from tests.nginx import free_port, wait_listening
 
 pytestmark = pytest.mark.external
 
 IDENTICAL_SHARE_MIN = 0.95
-START_SECONDS_MAX = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + START_SECONDS_MAX
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {START_SECONDS_MAX} s")
 
 
 def _docroot(name: str, root: Path) -> persona.Persona:
@@ -69,7 +51,7 @@ def real_nginx(tmp_path: Path, www: Path) -> Iterator[tuple[int, str]]:
     shutil.copytree("/etc/nginx", conf, symlinks=False)
     docroot = www / "html"
     _docroot("nginx-debian", docroot)
-    port = _free_port()
+    port = free_port()
     site = (conf / "sites-enabled" / "default").read_text()
     site = site.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
     site = site.replace("listen [::]:80 default_server;", "").replace("/var/www/html", str(docroot))
@@ -82,7 +64,7 @@ def real_nginx(tmp_path: Path, www: Path) -> Iterator[tuple[int, str]]:
     (conf / "nginx.conf").write_text(main)
     proc = subprocess.Popen([binary, "-c", str(conf / "nginx.conf"), "-p", str(conf), "-g", "daemon off;"])
     try:
-        _wait_listening(port)
+        wait_listening(port, proc=proc)
         yield port, "nginx-debian"
     finally:
         proc.terminate()
@@ -96,7 +78,7 @@ def real_apache(tmp_path: Path, www: Path) -> Iterator[tuple[int, str]]:
     conf = tmp_path / "apache2"
     shutil.copytree("/etc/apache2", conf, symlinks=False)
     _docroot("apache-debian", www / "html")
-    port = _free_port()
+    port = free_port()
     (conf / "ports.conf").write_text(f"Listen 127.0.0.1:{port}\n")
     for rel in ("apache2.conf", "sites-enabled/000-default.conf"):
         text = (
@@ -120,7 +102,7 @@ def real_apache(tmp_path: Path, www: Path) -> Iterator[tuple[int, str]]:
     }
     proc = subprocess.Popen([binary, "-d", str(conf), "-f", str(conf / "apache2.conf"), "-DFOREGROUND"], env=env)
     try:
-        _wait_listening(port)
+        wait_listening(port, proc=proc)
         yield port, "apache-debian"
     finally:
         proc.terminate()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import os
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -19,9 +16,9 @@ from feint.camouflage.engine.rulesource import RuleReloader
 from feint.camouflage.engine.upstream import Upstream
 from feint.camouflage.gateway import Gateway, OnePersona
 from feint.camouflage.listener import MinimalNginx
-from tests.conftest import free_port
 from tests.external.conftest import debian_tool
-from tests.integration.camouflage.upstream import raw_upstream
+from tests.integration.camouflage.upstream import RawUpstream, raw_upstream
+from tests.nginx import free_port, running_nginx
 
 pytestmark = pytest.mark.external
 
@@ -51,53 +48,32 @@ async def test_auth_request_config_routes_by_decision(tmp_path: Path) -> None:
         site = site.replace("127.0.0.1:3000", f"127.0.0.1:{app.port}")
         site = site.replace("127.0.0.1:8080", f"127.0.0.1:{listening.port}")
         site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(
-            textwrap.dedent(
-                f"""
-                daemon off;
-                {"user root;" if os.geteuid() == 0 else ""}
-                worker_processes 1;
-                pid {tmp_path}/nginx.pid;
-                error_log {tmp_path}/error.log;
-                events {{ worker_connections 64; }}
-                http {{
-                    access_log {tmp_path}/access.log;
-                    client_body_temp_path {tmp_path};
-                    proxy_temp_path {tmp_path};
-                    fastcgi_temp_path {tmp_path};
-                    uwsgi_temp_path {tmp_path};
-                    scgi_temp_path {tmp_path};
-                    include {tmp_path}/feint.conf;
-                }}
-                """
-            )
-        )
         (tmp_path / "feint.conf").write_text(site)
-        proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf), "-p", str(tmp_path), stderr=asyncio.subprocess.DEVNULL
-        )
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                for _ in range(100):
-                    try:
-                        await client.get("/ready", headers={"user-agent": BROWSER})
-                        break
-                    except httpx.HTTPError:
-                        await asyncio.sleep(0.05)
-                benign = await client.post("/cart?item=3", content=b"qty=1", headers={"user-agent": BROWSER})
-                assert benign.status_code == 200 and benign.content.startswith(b"POST /cart?item=3 HTTP/1.")
-                assert b"qty=1" in benign.content
-                seen = len(app.requests)
-                attack = await client.get("/", headers={"user-agent": "sqlmap/1.7.2#stable (https://sqlmap.org)"})
-                assert attack.status_code == 404 and b"nginx/1.22.1" in attack.content  # the decoy's page
-                probe = await client.get("/?id=1+union+select+password", headers={"user-agent": BROWSER + " x"})
-                assert b"nginx/1.22.1" in probe.content
-                assert len(app.requests) == seen
-                assert not any(b"sqlmap" in raw for raw in app.requests)
+            with running_nginx(
+                tmp_path,
+                http=f"include {tmp_path}/feint.conf;",
+                port=port,
+                binary=binary,
+                worker_connections=64,
+                access_log=True,
+            ):
+                await _routes_by_decision(port, app)
         finally:
-            proc.terminate()
-            async with asyncio.timeout(10):
-                await proc.wait()
             await listening.stop(grace_seconds=1)
             await gateway.upstream.close()
+
+
+async def _routes_by_decision(port: int, app: RawUpstream) -> None:
+    """A browser reaches the application through nginx; sqlmap and an injection meet the decoy."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        benign = await client.post("/cart?item=3", content=b"qty=1", headers={"user-agent": BROWSER})
+        assert benign.status_code == 200 and benign.content.startswith(b"POST /cart?item=3 HTTP/1.")
+        assert b"qty=1" in benign.content
+        seen = len(app.requests)
+        attack = await client.get("/", headers={"user-agent": "sqlmap/1.7.2#stable (https://sqlmap.org)"})
+        assert attack.status_code == 404 and b"nginx/1.22.1" in attack.content  # the decoy's page
+        probe = await client.get("/?id=1+union+select+password", headers={"user-agent": BROWSER + " x"})
+        assert b"nginx/1.22.1" in probe.content
+        assert len(app.requests) == seen
+        assert not any(b"sqlmap" in raw for raw in app.requests)

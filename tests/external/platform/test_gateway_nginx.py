@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.external.conftest import debian_tool
+from tests.nginx import free_port, running_nginx
 
 pytestmark = pytest.mark.external
 
@@ -30,48 +26,18 @@ def nginx(tmp_path: Path) -> Iterator[str]:
     root.mkdir()
     (root / "index.html").write_text("<h1>real nginx</h1>\n")
     (root / "big.bin").write_bytes(bytes(range(256)) * 4096)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""
-            daemon off;
-            {"user root;" if os.geteuid() == 0 else ""}
-            worker_processes 1;
-            pid {tmp_path}/nginx.pid;
-            error_log {tmp_path}/error.log;
-            events {{ worker_connections 64; }}
-            http {{
-                access_log {tmp_path}/access.log;
-                client_body_temp_path {tmp_path};
-                proxy_temp_path {tmp_path};
-                fastcgi_temp_path {tmp_path};
-                uwsgi_temp_path {tmp_path};
-                scgi_temp_path {tmp_path};
-                gzip on;
-                gzip_types text/html;
-                gzip_min_length 1;
-                server {{
-                    listen 127.0.0.1:{port};
-                    root {root};
-                    location /echo {{ return 200 "$request_method $request_uri $http_x_forwarded_for\\n"; }}
-                }}
-            }}
-            """
-        )
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(base + "/", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    http = f"""
+        gzip on;
+        gzip_types text/html;
+        gzip_min_length 1;
+        server {{
+            listen 127.0.0.1:{port};
+            root {root};
+            location /echo {{ return 200 "$request_method $request_uri $http_x_forwarded_for\\n"; }}
+        }}
+    """
+    with running_nginx(tmp_path, http=http, port=port, binary=binary, worker_connections=64, access_log=True):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.asynccontextmanager

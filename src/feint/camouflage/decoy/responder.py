@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 from email.utils import formatdate
+from typing import Final
 from urllib.parse import quote
 
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase
-from feint.camouflage.decoy.persona import Persona, Response, Rule, TokenFiller
-from feint.camouflage.decoy.situation import Resolved, situation, split_target
+from feint.camouflage.decoy.persona import Persona, Response, Rule, Template, TokenFiller
+from feint.camouflage.decoy.situation import MERGED_FIELD_BYTES_NOTABLE, Resolved, situation, split_target
 
 GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
+# Answers remembered per responder, keyed by what decides them (see `PersonaResponder.respond`);
+# the table is emptied when full, so a scanner's unique paths cost a miss each, never memory.
+REPLY_CACHE_ENTRIES_MAX: Final = 4_096
+# Bytes the cached answers of one responder hold together (emptied when a new one would pass
+# it), and the largest answer worth keeping: a site file (up to 1 MB) asked for under many
+# Host values or query strings must not multiply in memory; larger answers render per request.
+REPLY_CACHE_BYTES_MAX: Final = 16 * 1024 * 1024
+REPLY_CACHE_ANSWER_BYTES_MAX: Final = 64 * 1024
+# Placeholders whose value is a function of the cache key (the request's method, target,
+# version, Host, Connection and Accept-Encoding, the local address, the persona), so a rendered
+# answer using them can be reused. A placeholder in neither set (one added later) makes its
+# response render per request, which is always right.
+STABLE_NAMES: Final = frozenset(
+    {
+        "server", "host", "port", "local_port", "hostport", "method", "path", "path_encoded",
+        "content_length", "last_modified", "etag", "etag_gzip", "content_type", "listing_mtime",
+    }
+)  # fmt: skip
+# Placeholders that change per request: patched into a cached head (never allowed in a body,
+# whose length or compression would change with them).
+VOLATILE_NAMES: Final = ("date", "keepalive_max")
+_SLOT = "\x00{}\x00"  # a volatile value while a cached head is rendered (NUL is never in a template)
+_SLOT_SPLIT = re.compile(rb"\x00(" + "|".join(VOLATILE_NAMES).encode() + rb")\x00")
 
 
 def imf_date(epoch: float | None = None) -> str:
@@ -25,6 +51,20 @@ def imf_date(epoch: float | None = None) -> str:
 def listing_mtime(epoch: float) -> str:
     """A file's mtime as Apache's mod_autoindex prints it in a listing (``2026-12-02 02:25``, UTC)."""
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
+
+
+_now_second = -1
+_now_date = b""
+
+
+def imf_date_now() -> bytes:
+    """The current IMF-fixdate, formatted once per second (servers print whole seconds)."""
+    global _now_second, _now_date  # a one-entry cache shared by every responder
+    second = int(time.time())
+    if second != _now_second:
+        _now_date = formatdate(second, usegmt=True).encode("latin-1")
+        _now_second = second
+    return _now_date
 
 
 def default_filler(kind: str) -> str:
@@ -83,8 +123,22 @@ def encode_path(path: bytes) -> str:
     return html.escape("".join(out), quote=True).replace("&#x27;", "&#39;")
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A rendered answer kept for requests with the same cache key."""
+
+    rule: Rule
+    resolved: Resolved
+    close: bool
+    literals: tuple[bytes, ...]  # the bytes around each slot (one more than slots)
+    slots: tuple[str, ...]  # VOLATILE_NAMES filled per request, in order
+    reply: Reply | None  # the whole reply when there is no slot
+    render: bool  # True: the answer uses a value that is not cacheable; only the rule is kept
+
+
 class PersonaResponder:
-    """Implements ``contract.Responder`` for one persona; stateless between requests."""
+    """Implements ``contract.Responder`` for one persona; stateless between requests (its cache
+    of rendered answers aside, which holds nothing a request could change)."""
 
     def __init__(self, persona: Persona, *, fill: TokenFiller = default_filler) -> None:
         self.persona = persona
@@ -92,6 +146,13 @@ class PersonaResponder:
         self._index = persona.site_index()
         self._server = persona.server
         self._listing_mtime = listing_mtime(persona.site_mtime)
+        self._keepalive_max = persona.limits.keepalive_requests_max
+        self._cache: dict[tuple[object, ...], _Answer] = {}
+        self._cache_bytes = 0
+        self._cacheable_names = STABLE_NAMES | frozenset(persona.vars)
+        self._response_cacheable: dict[tuple[str, int], bool] = {}
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     @property
     def limits(self) -> Limits:
@@ -107,16 +168,149 @@ class PersonaResponder:
         raise AssertionError("unreachable: persona rules always have a default")  # pragma: no cover
 
     def respond(self, request: Request, conn: Connection) -> Reply:
+        key = self._cache_key(request, conn)
+        if key is None:
+            return self._respond(request, conn)
+        answer = self._cache.get(key)
+        if answer is None:
+            self.cache_misses += 1
+            answer = self._remember(key, request, conn)
+        else:
+            self.cache_hits += 1
+        if answer.reply is not None:
+            return answer.reply
+        if answer.render:
+            response = self.persona.responses[answer.rule.response]
+            keep = not answer.close
+            data = self.render(response, request=request, conn=conn, resolved=answer.resolved, keep=keep)
+            return Reply(data=data, close=answer.close)
+        pieces: list[bytes] = []
+        literals = answer.literals
+        for i, slot in enumerate(answer.slots):
+            pieces.append(literals[i])
+            if slot == "date":
+                pieces.append(imf_date_now())
+            else:
+                pieces.append(str(max(self._keepalive_max - conn.requests_served, 0)).encode())
+        pieces.append(literals[-1])
+        return Reply(data=b"".join(pieces), close=answer.close)
+
+    def _respond(self, request: Request, conn: Connection) -> Reply:
+        """The answer rendered from scratch (every request the cache does not cover)."""
         rule, resolved, _ = self.rule_for(request)
-        response = self.persona.responses[rule.response]
-        keep = (
+        keep = self._keep(rule, request, conn)
+        data = self.render(
+            self.persona.responses[rule.response], request=request, conn=conn, resolved=resolved, keep=keep
+        )
+        return Reply(data=data, close=not keep)
+
+    def _keep(self, rule: Rule, request: Request, conn: Connection) -> bool:
+        return (
             rule.close == "by-request"
             and request.framing_intact
             and wants_keepalive(request)
-            and conn.requests_served + 1 < self.persona.limits.keepalive_requests_max
+            and conn.requests_served + 1 < self._keepalive_max
         )
-        data = self.render(response, request=request, conn=conn, resolved=resolved, keep=keep)
-        return Reply(data=data, close=not keep)
+
+    # -- the cache of rendered answers -------------------------------------------------------
+
+    def _cache_key(self, request: Request, conn: Connection) -> tuple[object, ...] | None:
+        """What decides the answer to ``request``, or None when the request is not the common
+        kind (the parser saw a problem, a body, a Range or Expect header, fields long enough
+        to matter merged): everything `situation()` and `render()` read from it is in the key."""
+        if request.problems or request.body or not request.framing_intact:
+            return None
+        host = connection = encoding = None
+        merged = 0
+        for name, value in request.headers:
+            size = len(name)
+            merged += len(value) + 2
+            if size == 4:
+                if host is None and name.lower() == b"host":
+                    host = value
+            elif size == 10:
+                if connection is None and name.lower() == b"connection":
+                    connection = value
+            elif size == 15:
+                if encoding is None and name.lower() == b"accept-encoding":
+                    encoding = value
+            elif (size == 5 and name.lower() == b"range") or (size == 6 and name.lower() == b"expect"):
+                return None
+        if merged > MERGED_FIELD_BYTES_NOTABLE:
+            return None
+        last = conn.requests_served + 1 >= self._keepalive_max
+        return (
+            request.method,
+            request.target,
+            request.version,
+            host,
+            connection,
+            encoding,
+            conn.local_host,
+            conn.local_port,
+            last,
+        )
+
+    def _remember(self, key: tuple[object, ...], request: Request, conn: Connection) -> _Answer:
+        """Render the answer once with its volatile values as slots, and keep it under ``key``."""
+        rule, resolved, _ = self.rule_for(request)
+        keep = self._keep(rule, request, conn)
+        response = self.persona.responses[rule.response]
+        answer: _Answer
+        # A NUL in a request value could pass for a slot (the parser flags one, so this is for
+        # requests built elsewhere): such a request is rendered every time.
+        nul = any(isinstance(part, bytes) and b"\x00" in part for part in key)
+        if nul or not self._cacheable(response, keep=keep, request=request):
+            answer = _Answer(rule, resolved, not keep, (), (), None, render=True)
+        else:
+            head, body = self._head_and_body(
+                response, request=request, conn=conn, resolved=resolved, keep=keep, slots=True
+            )
+            split = _SLOT_SPLIT.split(head)
+            split[-1] += body
+            literals = tuple(split[0::2])
+            slots = tuple(name.decode() for name in split[1::2])
+            size = sum(len(literal) for literal in literals)
+            if size > REPLY_CACHE_ANSWER_BYTES_MAX:
+                answer = _Answer(rule, resolved, not keep, (), (), None, render=True)
+            elif slots:
+                answer = _Answer(rule, resolved, not keep, literals, slots, None, render=False)
+            else:
+                reply = Reply(data=literals[0], close=not keep)
+                answer = _Answer(rule, resolved, not keep, literals, (), reply, render=False)
+        size = sum(len(literal) for literal in answer.literals)
+        if len(self._cache) >= REPLY_CACHE_ENTRIES_MAX or self._cache_bytes + size > REPLY_CACHE_BYTES_MAX:
+            self._cache.clear()
+            self._cache_bytes = 0
+        self._cache[key] = answer
+        self._cache_bytes += size
+        return answer
+
+    def _cacheable(self, response: Response, *, keep: bool, request: Request) -> bool:
+        """Whether ``response`` uses only placeholders the cache key decides (volatile ones in
+        the head only), with its connection block for ``keep``."""
+        block = self._block(request, keep=keep)
+        memo = (response.id, id(block))
+        known = self._response_cacheable.get(memo)
+        if known is not None:
+            return known
+        head: set[str] = set()
+        for header in response.headers:
+            for name, value in block if header is None else (header,):
+                head.update(name.names, value.names)
+        body = set(response.body.page.names) if response.body.page is not None else set()
+        allowed = self._cacheable_names
+        ok = head <= allowed | set(VOLATILE_NAMES) and body <= allowed
+        self._response_cacheable[memo] = ok
+        return ok
+
+    def _block(self, request: Request, *, keep: bool) -> tuple[tuple[Template, Template], ...]:
+        """The persona's connection headers for this answer."""
+        if not keep:
+            return self.persona.connection_close
+        if request.version not in (b"HTTP/1.0", None) and request.header(b"connection") is None:
+            return self.persona.connection_implied
+        return self.persona.connection_keep
 
     def timeout(self, phase: TimeoutPhase, *, partial: bytes, conn: Connection) -> Reply | None:
         rid = self.persona.timeouts.get(phase)
@@ -132,7 +326,7 @@ class PersonaResponder:
 
     # -- rendering -------------------------------------------------------------------------
 
-    def _values(self, request: Request, conn: Connection, resolved: Resolved) -> dict[str, str]:
+    def _values(self, request: Request, conn: Connection, resolved: Resolved, *, slots: bool) -> dict[str, str]:
         host_header = request.header(b"host")
         host, port = conn.local_host, str(conn.local_port)
         if host_header:
@@ -144,7 +338,7 @@ class PersonaResponder:
         _, raw_path = split_target(request.target)
         values = {
             "server": self._server,
-            "date": imf_date(),
+            "date": _SLOT.format("date") if slots else imf_date(),
             "host": host,
             "port": port,
             "local_port": str(conn.local_port),
@@ -152,7 +346,9 @@ class PersonaResponder:
             "method": request.method.decode("latin-1"),
             "path": raw_path.decode("latin-1"),
             "path_encoded": encode_path(raw_path),
-            "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
+            "keepalive_max": (
+                _SLOT.format("keepalive_max") if slots else str(max(self._keepalive_max - conn.requests_served, 0))
+            ),
             "listing_mtime": self._listing_mtime,
             **self.persona.vars,
         }
@@ -192,10 +388,26 @@ class PersonaResponder:
         return data
 
     def render(
-        self, response: Response, *, request: Request, conn: Connection, resolved: Resolved, keep: bool
+        self,
+        response: Response,
+        *,
+        request: Request,
+        conn: Connection,
+        resolved: Resolved,
+        keep: bool,
+        slots: bool = False,
     ) -> bytes:
-        """The exact bytes of ``response`` to ``request``."""
-        values = self._values(request, conn, resolved)
+        """The exact bytes of ``response`` to ``request`` (``slots``: volatile values as slots)."""
+        head, body = self._head_and_body(
+            response, request=request, conn=conn, resolved=resolved, keep=keep, slots=slots
+        )
+        return head + body
+
+    def _head_and_body(
+        self, response: Response, *, request: Request, conn: Connection, resolved: Resolved, keep: bool, slots: bool
+    ) -> tuple[bytes, bytes]:
+        """What ``render`` writes, as the interim answer and head, and the body as sent."""
+        values = self._values(request, conn, resolved, slots=slots)
         body = self._body(response, values, request, resolved)
         if response.body.framing == "chunked":
             wire_body = (f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
@@ -203,20 +415,15 @@ class PersonaResponder:
             wire_body = body
         values["content_length"] = str(len(body))
         if response.status is None:
-            return body
+            return b"", body
         lines = [response.status]
-        if not keep:
-            block = self.persona.connection_close
-        elif request.version not in (b"HTTP/1.0", None) and request.header(b"connection") is None:
-            block = self.persona.connection_implied
-        else:
-            block = self.persona.connection_keep
+        block = self._block(request, keep=keep)
         for header in response.headers:
             pairs = block if header is None else (header,)
             for name, value in pairs:
                 lines.append(f"{name.render(values)}: {value.render(values)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return response.interim.encode("latin-1") + head + (wire_body if response.body.send else b"")
+        return response.interim.encode("latin-1") + head, (wire_body if response.body.send else b"")
 
 
 def _slice(data: bytes, rng: bytes, values: dict[str, str]) -> bytes:

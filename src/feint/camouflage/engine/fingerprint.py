@@ -19,12 +19,14 @@ the same client, which would split it into many.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Final
 
 FINGERPRINT_NAMES_MAX: Final = 64  # fields read for the fingerprint; a head with more is cut here
 CLIENT_KEY_HEX: Final = 32
+FINGERPRINT_CACHE_ENTRIES_MAX: Final = 4_096  # distinct head shapes remembered (least recent out)
 _VERSIONS: Final = {b"HTTP/1.0": "10", b"HTTP/1.1": "11", None: "09"}
 
 
@@ -40,7 +42,13 @@ def _case(names: Sequence[bytes]) -> str:
 
 def fingerprint(headers: Sequence[tuple[bytes, bytes]], version: bytes | None) -> str:
     """The ``fh1`` head fingerprint of a request (see the module docstring)."""
-    names = [name for name, _ in headers[:FINGERPRINT_NAMES_MAX]]
+    return _fingerprint(tuple([name for name, _ in headers[:FINGERPRINT_NAMES_MAX]]), version)
+
+
+# A client sends the same head shape on every request: the digest is worked out once per shape
+# (the gateway's profile showed it at a fifth of the judgement's own cost).
+@functools.lru_cache(maxsize=FINGERPRINT_CACHE_ENTRIES_MAX)
+def _fingerprint(names: tuple[bytes, ...], version: bytes | None) -> str:
     ordered: dict[bytes, None] = dict.fromkeys(name.lower() for name in names)
     digest = hashlib.sha256(b",".join(ordered)).hexdigest()[:12]
     return f"fh1_{_VERSIONS.get(version, 'xx')}_{_case(names)}_{digest}"
