@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from feint.camouflage.decoy.contract import Limits
-from feint.camouflage.decoy.situation import SiteIndex
+from feint.camouflage.decoy.situation import HeaderFlag, SiteIndex
 from feint.errors import FeintError
 
 PERSONA_FILE = "persona.yaml"
@@ -143,6 +143,7 @@ class Persona:
     extends: str | None = None
     special_paths: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
+    flags: tuple[HeaderFlag, ...] = ()
 
     @property
     def server(self) -> str:
@@ -158,7 +159,12 @@ class Persona:
         return _replace(self, version=version)
 
     def site_index(self) -> SiteIndex:
-        return SiteIndex(files=frozenset(self.site), index_names=self.index_names, special=dict(self.special_paths))
+        return SiteIndex(
+            files=frozenset(self.site),
+            index_names=self.index_names,
+            special=dict(self.special_paths),
+            flags=self.flags,
+        )
 
     def rendered_site(self, fill: TokenFiller) -> dict[str, bytes]:
         """The site tree with every ``{{token:KIND}}`` filled."""
@@ -194,8 +200,8 @@ def load(name: str, *, root: Path | None = None, version: str | None = None) -> 
     base = root or builtin_root()
     candidate = Path(name)
     directory = candidate if (candidate / PERSONA_FILE).is_file() else base / name
-    doc, site_dir, page_dir = _resolve(directory, base, depth=0)
-    persona = _build(doc, directory=directory, site_dir=site_dir, page_dir=page_dir)
+    doc, site_dirs, page_dir = _resolve(directory, base, depth=0)
+    persona = _build(doc, directory=directory, site_dirs=site_dirs, page_dir=page_dir)
     return persona.with_version(version) if version else persona
 
 
@@ -211,23 +217,28 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _resolve(directory: Path, base: Path, *, depth: int) -> tuple[dict[str, Any], Path, Path]:
-    """The merged document, and the directories its site and pages come from."""
+def _resolve(directory: Path, base: Path, *, depth: int) -> tuple[dict[str, Any], list[Path], Path]:
+    """The merged document, the site directories (later ones laid over earlier), where its pages come from.
+
+    A variant's own ``site/`` replaces its parent's, or with ``site_overlay: true`` is laid over
+    it (upstream nginx's index.html over the Debian tree)."""
     if depth > EXTENDS_DEPTH_MAX:
         raise PersonaError(f"{directory}: 'extends' nests deeper than {EXTENDS_DEPTH_MAX}")
     doc = _read_yaml(directory / PERSONA_FILE)
     parent = doc.get("extends")
-    site_dir = directory / "site"
+    site_dirs = [directory / "site"]
     page_dir = directory
     if parent:
         parent_doc, parent_site, parent_pages = _resolve(base / str(parent), base, depth=depth + 1)
         merged = {**parent_doc, **doc}
-        if not site_dir.is_dir():
-            site_dir = parent_site
+        if not site_dirs[0].is_dir():
+            site_dirs = parent_site
+        elif doc.get("site_overlay") is True:
+            site_dirs = [*parent_site, *site_dirs]
         if "responses" not in doc:
             page_dir = parent_pages
-        return merged, site_dir, page_dir
-    return doc, site_dir, page_dir
+        return merged, site_dirs, page_dir
+    return doc, site_dirs, page_dir
 
 
 def _need(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -269,11 +280,17 @@ def _body(spec: Any, page_dir: Path, where: str) -> Body:
     return Body(kind=spec["kind"], page=page, encoding=encoding, framing=framing, send=bool(spec.get("send", True)))
 
 
-def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
+def _load_site(site_dirs: list[Path]) -> tuple[dict[str, bytes], float]:
     site: dict[str, bytes] = {}
     newest = 0.0
-    if not site_dir.is_dir():
-        return site, newest
+    for site_dir in site_dirs:
+        if site_dir.is_dir():
+            newest = max(newest, _load_site_dir(site_dir, site))
+    return site, newest
+
+
+def _load_site_dir(site_dir: Path, site: dict[str, bytes]) -> float:
+    newest = 0.0
     for path in sorted(site_dir.rglob("*")):
         if not path.is_file():
             continue
@@ -286,7 +303,27 @@ def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
         parts = ["." + p[5:] if p.startswith(DOT_PREFIX) else p for p in path.relative_to(site_dir).parts]
         site["/" + "/".join(parts)] = path.read_bytes()
         newest = max(newest, path.stat().st_mtime)
-    return site, newest
+    return newest
+
+
+def _flags(spec: Any, where: str) -> tuple[HeaderFlag, ...]:
+    """``flags: {html: {header: accept, contains: text/html}}`` -> extras flags (situation.py)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise PersonaError(f"{where}: 'flags' must be a mapping of flag -> {{header, contains}}")
+    out = []
+    for flag, item in spec.items():
+        if not (
+            isinstance(flag, str)
+            and re.fullmatch(r"[a-z0-9-]+", flag)
+            and isinstance(item, dict)
+            and isinstance(item.get("header"), str)
+            and isinstance(item.get("contains"), str)
+        ):
+            raise PersonaError(f"{where}: flags.{flag}: needs a lowercase name and string 'header' and 'contains'")
+        out.append(HeaderFlag(flag, item["header"].lower().encode(), item["contains"].lower().encode()))
+    return tuple(out)
 
 
 def _limits(spec: Any, where: str) -> Limits:
@@ -298,7 +335,7 @@ def _limits(spec: Any, where: str) -> Limits:
         raise PersonaError(f"{where}: limits: {exc}") from exc
 
 
-def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Path) -> Persona:
+def _build(doc: dict[str, Any], *, directory: Path, site_dirs: list[Path], page_dir: Path) -> Persona:
     where = str(directory / PERSONA_FILE)
     responses: dict[str, Response] = {}
     for rid, spec in _need(doc, "responses", dict, where).items():
@@ -327,7 +364,8 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         raise PersonaError(f"{where}: rules need a default (the key '')")
     timeouts = doc.get("timeouts") or {}
     for phase, rid in timeouts.items():
-        if phase not in ("head", "body", "idle") or (rid is not None and rid not in responses):
+        # head-line: the head timeout before a whole request line arrived (Apache closes silently then).
+        if phase not in ("head", "head-line", "body", "idle") or (rid is not None and rid not in responses):
             raise PersonaError(f"{where}: timeouts.{phase} must name a response or be null")
     connection = _need(doc, "connection", dict, where)
     gzip_spec = doc.get("gzip")
@@ -345,7 +383,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PersonaError(f"{where}: gzip: {exc}") from exc
-    site, mtime = _load_site(site_dir)
+    site, mtime = _load_site(site_dirs)
     persona = Persona(
         name=str(_need(doc, "name", str, where)),
         family=str(_need(doc, "family", str, where)),
@@ -373,6 +411,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         extends=doc.get("extends"),
         special_paths={str(k): str(v) for k, v in (doc.get("special_paths") or {}).items()},
         vars={str(k): str(v) for k, v in (doc.get("vars") or {}).items()},
+        flags=_flags(doc.get("flags"), where),
     )
     if doc.get("name") != directory.name:
         raise PersonaError(f"{where}: name {doc.get('name')!r} differs from its directory {directory.name!r}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import struct
+import time
 import zlib
 from email.utils import formatdate
 from urllib.parse import quote
@@ -13,7 +15,18 @@ from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, 
 from feint.camouflage.decoy.persona import Persona, Response, Rule, TokenFiller
 from feint.camouflage.decoy.situation import Resolved, situation, split_target
 
+_HOST_LINE = re.compile(rb"\r?\nhost:([^\r\n]*)", re.IGNORECASE)
 GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
+
+
+def java_date(epoch: float) -> str:
+    """``java.util.Date.toString()`` in UTC: ``Wed Dec 02 02:15:00 UTC 2026`` (Spring's Whitelabel page)."""
+    return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
+
+
+def iso_millis(epoch: float) -> str:
+    """Jackson's StdDateFormat in UTC, as Spring Boot serialises ``new Date()``: ``2026-12-02T02:15:00.123+00:00``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}+00:00"
 
 
 def imf_date(epoch: float | None = None) -> str:
@@ -70,6 +83,13 @@ class PersonaResponder:
         self._site = persona.rendered_site(fill)
         self._index = persona.site_index()
         self._server = persona.server
+        # Placeholders computed only for personas that use them (request_head, timestamp_*).
+        self._wanted = " ".join(
+            "{{" + name + "}}"
+            for r in persona.responses.values()
+            for t in [*(x for h in r.headers if h for x in h), *([r.body.page] if r.body.page else [])]
+            for name in t.names
+        )
 
     @property
     def limits(self) -> Limits:
@@ -98,10 +118,21 @@ class PersonaResponder:
 
     def timeout(self, phase: TimeoutPhase, *, partial: bytes, conn: Connection) -> Reply | None:
         rid = self.persona.timeouts.get(phase)
+        if phase == "head" and b"\n" not in partial and "head-line" in self.persona.timeouts:
+            # Apache: nothing or half a request line by the timeout is a silent close, a 408 after it.
+            rid = self.persona.timeouts["head-line"]
         if rid is None:
             return None
+        # Once the head is in (a body timeout), the answer knows the Host (Apache's "Server at HOST").
+        host = _HOST_LINE.search(partial) if phase == "body" else None
         empty = Request(
-            request_line=b"", method=b"", target=b"", version=b"HTTP/1.1", headers=(), body=b"", problems=frozenset()
+            request_line=b"",
+            method=b"",
+            target=b"",
+            version=b"HTTP/1.1",
+            headers=((b"Host", host.group(1).strip()),) if host else (),
+            body=b"",
+            problems=frozenset(),
         )
         data = self.render(
             self.persona.responses[rid], request=empty, conn=conn, resolved=Resolved("none", ""), keep=False
@@ -133,6 +164,11 @@ class PersonaResponder:
             "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
             **self.persona.vars,
         }
+        if "{{request_head}}" in self._wanted or "{{timestamp_" in self._wanted:
+            now = time.time()
+            values["request_head"] = request.head.decode("latin-1")  # TRACE echoes the request
+            values["timestamp_iso"] = iso_millis(now)
+            values["timestamp_java"] = java_date(now)
         if resolved.path in self._site:
             size = len(self._site[resolved.path])
             mtime = self.persona.site_mtime
