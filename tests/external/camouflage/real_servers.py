@@ -51,6 +51,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 def docroot(name: str, root: Path) -> persona.Persona:
     """The persona's site tree under ``root``, tokens filled, mtimes as the decoy announces them."""
     p = persona.load(name)
+    root.mkdir(parents=True, exist_ok=True)
     recorder.render_site(p, root)
     for path in [root, *root.rglob("*")]:
         os.utime(path, (p.site_mtime, p.site_mtime))
@@ -206,9 +207,22 @@ def tomcat(site_of: str) -> Iterator[int]:
         )
         try:
             wait_listening(port, proc)
+            _wait_answering(port)
             yield port
         finally:
             _stop(proc)
+
+
+def _wait_answering(port: int) -> None:
+    """Tomcat binds its port before the webapp is deployed: wait until a request gets an answer."""
+    deadline = time.monotonic() + START_SECONDS_MAX
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=START_SECONDS_MAX) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            if sock.recv(16).startswith(b"HTTP/1.1 "):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"127.0.0.1:{port} accepts but does not answer after {START_SECONDS_MAX} s")
 
 
 @dataclass(frozen=True)
@@ -271,6 +285,33 @@ VARIANTS: dict[str, Variant] = {
 BINARIES = {"nginx": ("nginx", "nginx"), "apache": ("apache2", "apache2"), "tomcat": ("java", "tomcat10")}
 
 
+LAYER_FILE = "spring-layer.yaml"
+
+
+def apply_layer(directory: Path) -> None:
+    """Lay the hand-written application layer (``spring-layer.yaml``) over a fresh recording."""
+    import yaml
+
+    path = directory / persona.PERSONA_FILE
+    doc = yaml.safe_load(path.read_text("utf-8"))
+    layer = yaml.safe_load((directory / LAYER_FILE).read_text("utf-8"))
+    responses = doc["responses"]
+    for rid, spec in layer["replace"].items():
+        if rid not in responses or responses[rid]["status"] != spec["status"]:
+            raise AssertionError(f"recorded response {rid} is not the {spec['status']!r} the layer replaces")
+        replacement = dict(layer["responses"][spec["by"]])
+        if spec.get("keep_interim") and responses[rid].get("interim"):
+            replacement["interim"] = responses[rid]["interim"]
+        responses[rid] = replacement
+    responses.update(layer["responses"])
+    doc["rules"].update(layer["rules"])
+    header = (
+        "# Recorded from the real Tomcat by tests/external/camouflage/real_servers.py, then the Spring MVC layer\n"
+        f"# of {LAYER_FILE} laid over it (its header cites the source of every Spring byte); see docs/decoys.md.\n"
+    )
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=False, width=200), "utf-8")
+
+
 def _record(name: str) -> None:
     """Record variant ``name`` into the shipped personas (then review `git diff`)."""
     variant = VARIANTS[name]
@@ -286,6 +327,8 @@ def _record(name: str) -> None:
             version=None,
             configuration=variant.change,
         )
+    if (out / LAYER_FILE).is_file():
+        apply_layer(out)
     print(f"{result.path}: {result.server or '(no Server)'}; {result.responses} responses, {result.rules} rules")
     for key in result.conflicts:
         print(f"conflict: {key}")

@@ -94,3 +94,25 @@ async def test_apache_request_timeout_matches_real_apache() -> None:
 def _strip(data: bytes, port: int) -> bytes:
     """``data`` with the Date value and the port number blanked."""
     return re.sub(rb"Date: [^\r]*", b"Date: -", data).replace(str(port).encode(), b"PORT")
+
+
+PROTOCOL_STATUSES = (b"HTTP/1.1 400 ", b"HTTP/1.1 417 ", b"HTTP/1.1 505 ")
+
+
+async def test_spring_persona_answers_tomcats_protocol_refusals_as_real_tomcat() -> None:
+    """Where Tomcat 10.1's connector refuses a request (400, 417, 505, a silent close), the Spring decoy
+    answers as the real Tomcat does; the servlet-level answers are Spring's (tests/unit/…/test_spring_persona)."""
+    corpus = list(probes.load())
+    variant = real_servers.VARIANTS["spring-boot-tomcat"]
+    decoy = await server.serve(PersonaResponder(persona.load("spring-boot-tomcat")), host="127.0.0.1", port=0)
+    try:
+        with variant.start(_binary("tomcat")) as port:
+            real = await exchange.exchange_all("127.0.0.1", port, corpus)
+        fake = await exchange.exchange_all("127.0.0.1", decoy.port, corpus)
+    finally:
+        await decoy.stop(grace_seconds=1)
+    refused = [p for p in corpus if real[p.name].data.startswith(PROTOCOL_STATUSES) or not real[p.name].data]
+    verdicts = [fidelity.compare(real[p.name], fake[p.name], real_port=port, decoy_port=decoy.port) for p in refused]
+    print(fidelity.report("spring-boot-tomcat (Tomcat's refusals)", verdicts))
+    assert len(refused) >= 20
+    assert fidelity.score(verdicts) >= IDENTICAL_SHARE_MIN

@@ -12,6 +12,7 @@ A persona may ``extends: <other>`` and override top-level keys (a variant: anoth
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class Response:
     headers: tuple[tuple[Template, Template] | None, ...]  # None marks where the connection block goes
     body: Body
     interim: str = ""  # sent before the status line (e.g. "HTTP/1.1 100 Continue\r\n\r\n")
+    # (flag, response id): answer that response instead when the request carries the persona flag
+    # (Spring's error page: the Whitelabel HTML for Accept: text/html, JSON otherwise).
+    alternates: tuple[tuple[HeaderFlag, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +176,6 @@ class Persona:
 
 
 def _replace(persona: Persona, **changes: Any) -> Persona:
-    import dataclasses
-
     return dataclasses.replace(persona, **changes)
 
 
@@ -352,6 +354,17 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dirs: list[Path], page_
             body=_body(spec.get("body", {"kind": "none"}), page_dir, at),
             interim=str(spec.get("interim", "")),
         )
+    flags = _flags(doc.get("flags"), where)
+    by_flag = {f.flag: f for f in flags}
+    for rid, spec in _need(doc, "responses", dict, where).items():
+        alternates = spec.get("alternates") or {}
+        if not isinstance(alternates, dict) or any(
+            f not in by_flag or r not in responses for f, r in alternates.items()
+        ):
+            raise PersonaError(f"{where}: responses.{rid}.alternates must map declared flags to responses")
+        if alternates:
+            pairs = tuple((by_flag[f], str(r)) for f, r in alternates.items())
+            responses[str(rid)] = dataclasses.replace(responses[str(rid)], alternates=pairs)
     rules: dict[str, Rule] = {}
     for key, spec in _need(doc, "rules", dict, where).items():
         if not isinstance(spec, dict) or spec.get("response") not in responses:
@@ -411,7 +424,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dirs: list[Path], page_
         extends=doc.get("extends"),
         special_paths={str(k): str(v) for k, v in (doc.get("special_paths") or {}).items()},
         vars={str(k): str(v) for k, v in (doc.get("vars") or {}).items()},
-        flags=_flags(doc.get("flags"), where),
+        flags=flags,
     )
     if doc.get("name") != directory.name:
         raise PersonaError(f"{where}: name {doc.get('name')!r} differs from its directory {directory.name!r}")

@@ -107,6 +107,11 @@ class PersonaResponder:
     def respond(self, request: Request, conn: Connection) -> Reply:
         rule, resolved, _ = self.rule_for(request)
         response = self.persona.responses[rule.response]
+        for flag, rid in response.alternates:
+            seen = request.header(flag.name)
+            if seen is not None and flag.contains in seen.lower():
+                response = self.persona.responses[rid]
+                break
         keep = (
             rule.close == "by-request"
             and request.framing_intact
