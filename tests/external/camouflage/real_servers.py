@@ -225,6 +225,18 @@ def _wait_answering(port: int) -> None:
     raise AssertionError(f"127.0.0.1:{port} accepts but does not answer after {START_SECONDS_MAX} s")
 
 
+def nmap_line(nmap: str, port: int) -> str:
+    """The service line `nmap -sV` prints for 127.0.0.1:``port``."""
+    result = subprocess.run(
+        [nmap, "-sV", "-Pn", "-n", "-p", str(port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return next(line for line in result.stdout.splitlines() if line.startswith(f"{port}/tcp"))
+
+
 @dataclass(frozen=True)
 class Variant:
     """A persona recorded from a real server with one configuration change."""

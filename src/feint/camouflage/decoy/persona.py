@@ -34,6 +34,7 @@ EXTENDS_DEPTH_MAX = 4
 CONNECTION_MARKER = "@connection"
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+(?::[a-z0-9_]+)?)\}\}")
 _TOKEN = re.compile(rb"\{\{token:([a-z0-9_]+)\}\}")
+_VERSION_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")  # no CR/LF: it goes into headers
 
 ClosePolicy = Literal["always", "by-request"]
 BodyKind = Literal["none", "page", "file", "inline"]
@@ -156,6 +157,10 @@ class Persona:
 
     def with_version(self, version: str) -> Persona:
         """The same persona announcing ``version`` (Server header and signatures agree)."""
+        if not _VERSION_TEXT.fullmatch(version):
+            raise PersonaError(
+                f'version {version!r} must be 1-64 printable ASCII characters (e.g. 1.24.0 or "2.4.71 (Debian)")'
+            )
         if "{version}" not in self.server_format:
             raise PersonaError(
                 f"persona {self.name} does not announce a version (server_format {self.server_format!r})"
@@ -202,6 +207,9 @@ def load(name: str, *, root: Path | None = None, version: str | None = None) -> 
     base = root or builtin_root()
     candidate = Path(name)
     directory = candidate if (candidate / PERSONA_FILE).is_file() else base / name
+    if not (directory / PERSONA_FILE).is_file():
+        known = ", ".join(available(base))
+        raise PersonaError(f"unknown persona {name!r}: not a persona directory, nor one of {known}")
     doc, site_dirs, page_dir = _resolve(directory, base, depth=0)
     persona = _build(doc, directory=directory, site_dirs=site_dirs, page_dir=page_dir)
     return persona.with_version(version) if version else persona

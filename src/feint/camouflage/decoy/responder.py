@@ -29,6 +29,18 @@ def iso_millis(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}+00:00"
 
 
+def filetime_le(epoch: float) -> str:
+    """IIS's ETag stem: the file's FILETIME (100 ns ticks since 1601), its 8 bytes little-endian, each
+    as unpadded hex: a published "557c50d443acd81:0" decodes to 2022-08-09T23:00:33.226 UTC, the
+    Last-Modified it came with (the sources are in personas/iis-10/persona.yaml)."""
+    return filetime_hex(round((epoch + 11_644_473_600) * 10_000_000))
+
+
+def filetime_hex(ticks: int) -> str:
+    """A FILETIME's 8 bytes, little-endian, each as unpadded hex (IIS's ETag stem)."""
+    return "".join(f"{b:x}" for b in ticks.to_bytes(8, "little"))
+
+
 def imf_date(epoch: float | None = None) -> str:
     """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
     return formatdate(epoch, usegmt=True)
@@ -179,7 +191,11 @@ class PersonaResponder:
             mtime = self.persona.site_mtime
             values["last_modified"] = imf_date(mtime)
             values["etag"] = self.persona.etag_format.format(
-                size=size, mtime=int(mtime), mtime_us=int(mtime * 1_000_000), mtime_ms=int(mtime * 1000)
+                size=size,
+                mtime=int(mtime),
+                mtime_us=int(mtime * 1_000_000),
+                mtime_ms=int(mtime * 1000),
+                filetime_le=filetime_le(mtime),
             )
             ext = resolved.path.rsplit(".", 1)[-1].lower() if "." in resolved.path.rsplit("/", 1)[-1] else ""
             values["etag_gzip"] = values["etag"][:-1] + '-gzip"'
