@@ -277,6 +277,20 @@ VARIANTS: dict[str, Variant] = {
             lambda b: apache(b, "apache-debian", security={"ServerTokens": "Prod", "ServerSignature": "Off"}),
         ),
         Variant(
+            "apache-debian-tokens-min",
+            "apache-debian",
+            "apache",
+            f"{APACHE_DEBIAN}, ServerTokens Min",
+            lambda b: apache(b, "apache-debian", security={"ServerTokens": "Min"}),
+        ),
+        Variant(
+            "apache-debian-tokens-major",
+            "apache-debian",
+            "apache",
+            f"{APACHE_DEBIAN}, ServerTokens Major",
+            lambda b: apache(b, "apache-debian", security={"ServerTokens": "Major"}),
+        ),
+        Variant(
             "apache-debian-trace-on",
             "apache-debian",
             "apache",
