@@ -212,7 +212,7 @@ def load(name: str, *, root: Path | None = None, version: str | None = None) -> 
         raise PersonaError(f"unknown persona {name!r}: not a persona directory, nor one of {known}")
     doc, site_dirs, page_dir = _resolve(directory, base, depth=0)
     persona = _build(doc, directory=directory, site_dirs=site_dirs, page_dir=page_dir)
-    return persona.with_version(version) if version else persona
+    return persona.with_version(version) if version is not None else persona
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
