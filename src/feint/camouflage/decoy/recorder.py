@@ -29,7 +29,7 @@ from feint.camouflage.decoy.exchange import Answer
 from feint.camouflage.decoy.http import RequestParser
 from feint.camouflage.decoy.persona import CONNECTION_MARKER, PERSONA_FILE, Persona, fill_tokens
 from feint.camouflage.decoy.probes import Probe
-from feint.camouflage.decoy.responder import default_filler, encode_path, wants_keepalive
+from feint.camouflage.decoy.responder import default_filler, encode_path, listing_mtime, wants_keepalive
 from feint.camouflage.decoy.situation import Situation, situation, split_target
 
 RESPONSES_PER_ANSWER_MAX = 16
@@ -149,6 +149,8 @@ class Abstractor:
         if self.server:
             text = text.replace(self.server, "{{server}}")
         text = text.replace(f"{self.host}:{self.port}", "{{hostport}}")
+        # Directory listings show the files' time; the target serves the site with site_mtime.
+        text = text.replace(f">{listing_mtime(self.persona.site_mtime)}  <", ">{{site_mtime_listing}}  <")
         text = text.replace(f"Port {self.port}", "Port {{port}}")
         if len(path) > 1:
             encoded = encode_path(raw_path)

@@ -41,6 +41,11 @@ def filetime_hex(ticks: int) -> str:
     return "".join(f"{b:x}" for b in ticks.to_bytes(8, "little"))
 
 
+def listing_mtime(epoch: float) -> str:
+    """A file time as Apache's mod_autoindex lists it (%Y-%m-%d %H:%M; the server's zone, UTC here)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
+
+
 def imf_date(epoch: float | None = None) -> str:
     """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
     return formatdate(epoch, usegmt=True)
@@ -95,6 +100,8 @@ class PersonaResponder:
         self._site = persona.rendered_site(fill)
         self._index = persona.site_index()
         self._server = persona.server
+        # Apache's autoindex column ("2026-12-01 19:21"): the site's files all carry site_mtime.
+        self._listing_mtime = listing_mtime(persona.site_mtime)
         # Placeholders computed only for personas that use them (request_head, timestamp_*).
         self._wanted = " ".join(
             "{{" + name + "}}"
@@ -179,6 +186,7 @@ class PersonaResponder:
             "path": raw_path.decode("latin-1"),
             "path_encoded": encode_path(raw_path),
             "keepalive_max": str(max(self.persona.limits.keepalive_requests_max - conn.requests_served, 0)),
+            "site_mtime_listing": self._listing_mtime,
             **self.persona.vars,
         }
         if "{{request_head}}" in self._wanted or "{{timestamp_" in self._wanted:

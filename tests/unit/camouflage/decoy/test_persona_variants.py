@@ -9,7 +9,7 @@ import pytest
 
 from feint.camouflage.decoy import persona, recorder
 from feint.camouflage.decoy.contract import Connection
-from feint.camouflage.decoy.responder import PersonaResponder
+from feint.camouflage.decoy.responder import PersonaResponder, listing_mtime
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +109,10 @@ def test_unusable_versions_are_refused(root: Path, version: str) -> None:
 def test_unknown_persona_names_the_known_ones(root: Path) -> None:
     with pytest.raises(persona.PersonaError, match=r"unknown persona 'nope'.*base"):
         persona.load("nope", root=root)
+
+
+def test_apache_listing_shows_the_site_files_time() -> None:
+    """Apache's /backup/ listing carries the site's file time (the real server lists the served files' mtime)."""
+    p = persona.load("apache-debian")
+    data = _answer(p, b"GET /backup/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert f'<td align="right">{listing_mtime(p.site_mtime)}  </td>'.encode() in data
