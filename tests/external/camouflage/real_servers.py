@@ -308,7 +308,7 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
-BINARIES = {"nginx": ("nginx", "nginx"), "apache": ("apache2", "apache2"), "tomcat": ("java", "tomcat10")}
+BINARIES = {"nginx": ("nginx", "nginx"), "apache": ("apache2", "apache2"), "tomcat": ("java", "default-jre-headless")}
 
 
 LAYER_FILE = "spring-layer.yaml"

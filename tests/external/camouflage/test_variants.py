@@ -4,14 +4,17 @@ and Apache's request timeout (408, or a silent close) is answered as the real Ap
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 
 import pytest
 
 from feint.camouflage.decoy import exchange, fidelity, persona, probes, server
 from feint.camouflage.decoy.responder import PersonaResponder
+from tests.conftest import require_or_skip
 from tests.external.camouflage import real_servers
-from tests.external.conftest import debian_tool
+from tests.external.conftest import _apt_install, debian_tool
 
 pytestmark = pytest.mark.external
 
@@ -36,7 +39,18 @@ async def _score(real_port: int, loaded: persona.Persona) -> float:
 
 def _binary(kind: str) -> str:
     binary, package = real_servers.BINARIES[kind]
+    if kind == "tomcat":
+        _need_tomcat()
     return debian_tool(binary, package)
+
+
+def _need_tomcat() -> None:
+    """Debian's tomcat10 (its catalina.sh is not on PATH, so debian_tool cannot look for it)."""
+    catalina = real_servers.TOMCAT_HOME / "bin" / "catalina.sh"
+    if not catalina.is_file() and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_install("tomcat10")
+    if not catalina.is_file():
+        require_or_skip("tomcat10", f"{catalina} is missing (apt-get install tomcat10)", env="FEINT_REQUIRE_EXTERNAL")
 
 
 @pytest.mark.parametrize("name", PLAIN_VARIANTS)
