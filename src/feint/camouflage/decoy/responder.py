@@ -103,8 +103,8 @@ class PersonaResponder:
         # Apache's autoindex column ("2026-12-01 19:21"): the site's files all carry site_mtime.
         self._listing_mtime = listing_mtime(persona.site_mtime)
         # Placeholders computed only for personas that use them (request_head, timestamp_*).
-        self._wanted = " ".join(
-            "{{" + name + "}}"
+        self._per_request = any(
+            name == "request_head" or name.startswith("timestamp_")
             for r in persona.responses.values()
             for t in [*(x for h in r.headers if h for x in h), *([r.body.page] if r.body.page else [])]
             for name in t.names
@@ -189,7 +189,7 @@ class PersonaResponder:
             "site_mtime_listing": self._listing_mtime,
             **self.persona.vars,
         }
-        if "{{request_head}}" in self._wanted or "{{timestamp_" in self._wanted:
+        if self._per_request:
             now = time.time()
             values["request_head"] = request.head.decode("latin-1")  # TRACE echoes the request
             values["timestamp_iso"] = iso_millis(now)
