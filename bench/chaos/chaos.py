@@ -176,7 +176,14 @@ class LinkProxy:
             writer.close()
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        async def close() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop)
         self._thread.join(timeout=5)
 
 
@@ -432,6 +439,9 @@ def inside(args: argparse.Namespace) -> int:
         admin = run(sys.executable, "-m", "feint", "keys", "create", "--tenant", "chaos", "--scope", "admin", env=env)
         operator = run(sys.executable, "-m", "feint", "keys", "create", "--operator", env=env)
         key, op = admin.stdout.strip(), operator.stdout.strip()
+        keyset = home / "backup.keyset"
+        run(sys.executable, "-m", "feint", "backup", "keygen", "--out", str(keyset), env=env)
+        env["FEINT_BACKUP_KEYSET"] = str(keyset)
         credits.start_all(3)
         accounts = _accounts(credits.urls[0], key=key, operator=op)
         work = Workload(urls=credits.urls, key=key, accounts=accounts)
@@ -460,22 +470,28 @@ def inside(args: argparse.Namespace) -> int:
         async def repair() -> None:
             link.impaired = False
 
+        backup_problems: list[str] = []
+
         async def disk_full() -> None:
-            await asyncio.to_thread(_backup_to_full_disk, env, home)
+            await asyncio.to_thread(_backup_to_full_disk, env, home, backup_problems)
+
+        async def disk_room() -> None:
+            await asyncio.to_thread(_backup_after_disk_full, env, home, backup_problems)
 
         faults = (
             ("kill -9 one of three credits processes", kill, restart),
             ("restart PostgreSQL", pg_restart, nothing),
             ("stop and restart Redis", redis_stop, redis_start),
             ("latency 40±20 ms and 3% loss on the database link", impair, repair),
-            ("backup target's disk full", disk_full, nothing),
+            ("backup target's disk full", disk_full, disk_room),
         )
         for name, inject, heal in faults:
             print(f"fault: {name} …", flush=True)
             fault, operations, acked, recovery = asyncio.run(
                 under_fault(name, work, seconds=args.seconds, clients=args.clients, inject=inject, heal=heal)
             )
-            found = violations(pg.url, work, credits=credits.urls[0], admin=key)
+            found = violations(pg.url, work, credits=credits.urls[0], admin=key) + backup_problems
+            backup_problems.clear()
             rows.append(Row(fault, operations, acked, found, recovery))
     finally:
         credits.stop_all()
@@ -507,11 +523,11 @@ def _accounts(credits: str, *, key: str, operator: str) -> list[str]:
     return ids
 
 
-def _backup_to_full_disk(env: dict[str, str], home: Path) -> None:
-    """`feint backup create` into a 1 MiB tmpfs: it must fail clearly and leave nothing half written."""
+def _backup_to_full_disk(env: dict[str, str], home: Path, problems: list[str]) -> None:
+    """`feint backup create` into a 16 KiB tmpfs: it must fail clearly and leave no file behind."""
     target = home / "full-disk"
-    target.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target))
+    target.mkdir(exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(target))
     try:
         result = run(
             sys.executable, "-m", "feint", "backup", "create", check=False,
@@ -519,8 +535,25 @@ def _backup_to_full_disk(env: dict[str, str], home: Path) -> None:
         )  # fmt: skip
         leftovers = [p.name for p in target.rglob("*") if p.is_file()]
         print(f"  backup to a full disk: exit {result.returncode}; {result.stderr.strip()[-200:]!r}; left: {leftovers}")
+        if result.returncode == 0:
+            problems.append("feint backup create reported success on a 16 KiB disk")
+        if leftovers:
+            problems.append(f"a failed backup left files on the target: {leftovers}")
     finally:
         run("umount", str(target), check=False)
+
+
+def _backup_after_disk_full(env: dict[str, str], home: Path, problems: list[str]) -> None:
+    """Recovery: with room again, the next backup is written and verifies (restored and audited)."""
+    target = home / "backups"
+    target.mkdir(exist_ok=True)
+    backup_env = {**env, "FEINT_BACKUP_URL": f"file://{target}"}
+    for step in ("create", "verify"):
+        result = run(sys.executable, "-m", "feint", "backup", step, check=False, env=backup_env)
+        print(f"  backup {step} after the disk had room again: exit {result.returncode}")
+        if result.returncode != 0:
+            problems.append(f"feint backup {step} failed after the fault: {result.stderr.strip()[-300:]}")
+            return
 
 
 def _print(rows: list[Row]) -> None:

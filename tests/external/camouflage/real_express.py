@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port, require_or_skip
-from tests.external.camouflage.test_fidelity import _docroot, _wait_listening
+from tests.external.camouflage.real_servers import docroot, wait_listening
 from tests.external.conftest import debian_tool
 
 APP_DIR = Path(__file__).parent / "express"
@@ -65,11 +65,11 @@ def real_express(www: Path) -> Iterator[tuple[int, str]]:
     """Express 4 with express.static over the express-4 persona's site tree, on a loopback port."""
     app = _installed_app()
     node = debian_tool("node", "nodejs")
-    _docroot(PERSONA, www / "html")
+    docroot(PERSONA, www / "html")
     port = free_port()
     proc = subprocess.Popen([node, str(app / "app.js"), str(www / "html"), str(port)])
     try:
-        _wait_listening(port)
+        wait_listening(port, proc=proc)
         yield port, PERSONA
     finally:
         proc.terminate()

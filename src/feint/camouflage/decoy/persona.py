@@ -12,6 +12,7 @@ A persona may ``extends: <other>`` and override top-level keys (a variant: anoth
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from feint.camouflage.decoy.contract import Limits
-from feint.camouflage.decoy.situation import SiteIndex
+from feint.camouflage.decoy.situation import HeaderFlag, SiteIndex
 from feint.errors import FeintError
 
 PERSONA_FILE = "persona.yaml"
@@ -33,6 +34,7 @@ EXTENDS_DEPTH_MAX = 4
 CONNECTION_MARKER = "@connection"
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+(?::[a-z0-9_]+)?)\}\}")
 _TOKEN = re.compile(rb"\{\{token:([a-z0-9_]+)\}\}")
+_VERSION_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")  # no CR/LF: it goes into headers
 
 ClosePolicy = Literal["always", "by-request"]
 BodyKind = Literal["none", "page", "file", "inline"]
@@ -91,6 +93,9 @@ class Response:
     headers: tuple[tuple[Template, Template] | None, ...]  # None marks where the connection block goes
     body: Body
     interim: str = ""  # sent before the status line (e.g. "HTTP/1.1 100 Continue\r\n\r\n")
+    # (flag, response id): answer that response instead when the request carries the persona flag
+    # (Spring's error page: the Whitelabel HTML for Accept: text/html, JSON otherwise).
+    alternates: tuple[tuple[HeaderFlag, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,7 @@ class Persona:
     # "any-segment" (default): a path with a dot segment anywhere is a dotfile; "last-segment":
     # only one whose last segment starts with a dot (Express's static: /.git/config is served).
     dotfiles: Literal["any-segment", "last-segment"] = "any-segment"
+    flags: tuple[HeaderFlag, ...] = ()
 
     @property
     def server(self) -> str:
@@ -154,6 +160,10 @@ class Persona:
 
     def with_version(self, version: str) -> Persona:
         """The same persona announcing ``version`` (Server header and signatures agree)."""
+        if not _VERSION_TEXT.fullmatch(version):
+            raise PersonaError(
+                f'version {version!r} must be 1-64 printable ASCII characters (e.g. 1.24.0 or "2.4.71 (Debian)")'
+            )
         if "{version}" not in self.server_format:
             raise PersonaError(
                 f"persona {self.name} does not announce a version (server_format {self.server_format!r})"
@@ -166,6 +176,7 @@ class Persona:
             index_names=self.index_names,
             special=dict(self.special_paths),
             dot_last_segment=self.dotfiles == "last-segment",
+            flags=self.flags,
         )
 
     def rendered_site(self, fill: TokenFiller) -> dict[str, bytes]:
@@ -174,8 +185,6 @@ class Persona:
 
 
 def _replace(persona: Persona, **changes: Any) -> Persona:
-    import dataclasses
-
     return dataclasses.replace(persona, **changes)
 
 
@@ -202,9 +211,12 @@ def load(name: str, *, root: Path | None = None, version: str | None = None) -> 
     base = root or builtin_root()
     candidate = Path(name)
     directory = candidate if (candidate / PERSONA_FILE).is_file() else base / name
-    doc, site_dir, page_dir = _resolve(directory, base, depth=0)
-    persona = _build(doc, directory=directory, site_dir=site_dir, page_dir=page_dir)
-    return persona.with_version(version) if version else persona
+    if not (directory / PERSONA_FILE).is_file():
+        known = ", ".join(available(base))
+        raise PersonaError(f"unknown persona {name!r}: not a persona directory, nor one of {known}")
+    doc, site_dirs, page_dir = _resolve(directory, base, depth=0)
+    persona = _build(doc, directory=directory, site_dirs=site_dirs, page_dir=page_dir)
+    return persona.with_version(version) if version is not None else persona
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -219,23 +231,28 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _resolve(directory: Path, base: Path, *, depth: int) -> tuple[dict[str, Any], Path, Path]:
-    """The merged document, and the directories its site and pages come from."""
+def _resolve(directory: Path, base: Path, *, depth: int) -> tuple[dict[str, Any], list[Path], Path]:
+    """The merged document, the site directories (later ones laid over earlier), where its pages come from.
+
+    A variant's own ``site/`` replaces its parent's, or with ``site_overlay: true`` is laid over
+    it (upstream nginx's index.html over the Debian tree)."""
     if depth > EXTENDS_DEPTH_MAX:
         raise PersonaError(f"{directory}: 'extends' nests deeper than {EXTENDS_DEPTH_MAX}")
     doc = _read_yaml(directory / PERSONA_FILE)
     parent = doc.get("extends")
-    site_dir = directory / "site"
+    site_dirs = [directory / "site"]
     page_dir = directory
     if parent:
         parent_doc, parent_site, parent_pages = _resolve(base / str(parent), base, depth=depth + 1)
         merged = {**parent_doc, **doc}
-        if not site_dir.is_dir():
-            site_dir = parent_site
+        if not site_dirs[0].is_dir():
+            site_dirs = parent_site
+        elif doc.get("site_overlay") is True:
+            site_dirs = [*parent_site, *site_dirs]
         if "responses" not in doc:
             page_dir = parent_pages
-        return merged, site_dir, page_dir
-    return doc, site_dir, page_dir
+        return merged, site_dirs, page_dir
+    return doc, site_dirs, page_dir
 
 
 def _need(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -277,11 +294,17 @@ def _body(spec: Any, page_dir: Path, where: str) -> Body:
     return Body(kind=spec["kind"], page=page, encoding=encoding, framing=framing, send=bool(spec.get("send", True)))
 
 
-def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
+def _load_site(site_dirs: list[Path]) -> tuple[dict[str, bytes], float]:
     site: dict[str, bytes] = {}
     newest = 0.0
-    if not site_dir.is_dir():
-        return site, newest
+    for site_dir in site_dirs:
+        if site_dir.is_dir():
+            newest = max(newest, _load_site_dir(site_dir, site))
+    return site, newest
+
+
+def _load_site_dir(site_dir: Path, site: dict[str, bytes]) -> float:
+    newest = 0.0
     for path in sorted(site_dir.rglob("*")):
         if not path.is_file():
             continue
@@ -294,7 +317,27 @@ def _load_site(site_dir: Path) -> tuple[dict[str, bytes], float]:
         parts = ["." + p[5:] if p.startswith(DOT_PREFIX) else p for p in path.relative_to(site_dir).parts]
         site["/" + "/".join(parts)] = path.read_bytes()
         newest = max(newest, path.stat().st_mtime)
-    return site, newest
+    return newest
+
+
+def _flags(spec: Any, where: str) -> tuple[HeaderFlag, ...]:
+    """``flags: {html: {header: accept, contains: text/html}}`` -> extras flags (situation.py)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise PersonaError(f"{where}: 'flags' must be a mapping of flag -> {{header, contains}}")
+    out = []
+    for flag, item in spec.items():
+        if not (
+            isinstance(flag, str)
+            and re.fullmatch(r"[a-z0-9-]+", flag)
+            and isinstance(item, dict)
+            and isinstance(item.get("header"), str)
+            and isinstance(item.get("contains"), str)
+        ):
+            raise PersonaError(f"{where}: flags.{flag}: needs a lowercase name and string 'header' and 'contains'")
+        out.append(HeaderFlag(flag, item["header"].lower().encode(), item["contains"].lower().encode()))
+    return tuple(out)
 
 
 def _dotfiles(value: Any, where: str) -> Literal["any-segment", "last-segment"]:
@@ -314,7 +357,7 @@ def _limits(spec: Any, where: str) -> Limits:
         raise PersonaError(f"{where}: limits: {exc}") from exc
 
 
-def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Path) -> Persona:
+def _build(doc: dict[str, Any], *, directory: Path, site_dirs: list[Path], page_dir: Path) -> Persona:
     where = str(directory / PERSONA_FILE)
     responses: dict[str, Response] = {}
     for rid, spec in _need(doc, "responses", dict, where).items():
@@ -331,6 +374,17 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
             body=_body(spec.get("body", {"kind": "none"}), page_dir, at),
             interim=str(spec.get("interim", "")),
         )
+    flags = _flags(doc.get("flags"), where)
+    by_flag = {f.flag: f for f in flags}
+    for rid, spec in _need(doc, "responses", dict, where).items():
+        alternates = spec.get("alternates") or {}
+        if not isinstance(alternates, dict) or any(
+            f not in by_flag or r not in responses for f, r in alternates.items()
+        ):
+            raise PersonaError(f"{where}: responses.{rid}.alternates must map declared flags to responses")
+        if alternates:
+            pairs = tuple((by_flag[f], str(r)) for f, r in alternates.items())
+            responses[str(rid)] = dataclasses.replace(responses[str(rid)], alternates=pairs)
     rules: dict[str, Rule] = {}
     for key, spec in _need(doc, "rules", dict, where).items():
         if not isinstance(spec, dict) or spec.get("response") not in responses:
@@ -343,7 +397,8 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         raise PersonaError(f"{where}: rules need a default (the key '')")
     timeouts = doc.get("timeouts") or {}
     for phase, rid in timeouts.items():
-        if phase not in ("head", "body", "idle") or (rid is not None and rid not in responses):
+        # head-line: the head timeout before a whole request line arrived (Apache closes silently then).
+        if phase not in ("head", "head-line", "body", "idle") or (rid is not None and rid not in responses):
             raise PersonaError(f"{where}: timeouts.{phase} must name a response or be null")
     connection = _need(doc, "connection", dict, where)
     gzip_spec = doc.get("gzip")
@@ -361,7 +416,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PersonaError(f"{where}: gzip: {exc}") from exc
-    site, mtime = _load_site(site_dir)
+    site, mtime = _load_site(site_dirs)
     persona = Persona(
         name=str(_need(doc, "name", str, where)),
         family=str(_need(doc, "family", str, where)),
@@ -390,6 +445,7 @@ def _build(doc: dict[str, Any], *, directory: Path, site_dir: Path, page_dir: Pa
         special_paths={str(k): str(v) for k, v in (doc.get("special_paths") or {}).items()},
         vars={str(k): str(v) for k, v in (doc.get("vars") or {}).items()},
         dotfiles=_dotfiles(doc.get("dotfiles", "any-segment"), where),
+        flags=flags,
     )
     if doc.get("name") != directory.name:
         raise PersonaError(f"{where}: name {doc.get('name')!r} differs from its directory {directory.name!r}")

@@ -461,7 +461,8 @@ def write(
         **responses,
     }
     doc["rules"] = rules
-    doc.setdefault("timeouts", {})
+    if "extends" not in doc:  # a variant inherits its parent's timeouts unless it names its own
+        doc.setdefault("timeouts", {})
     path = out_dir / PERSONA_FILE
     header = (
         "# Recorded by `feint camouflage record`; see docs/decoys.md for every field.\n"
@@ -569,7 +570,7 @@ def record(
         "probes": len(probes),
         "conflicts": conflicts,
     }
-    base_doc.pop("extends", None)
+    # A variant (``extends``) stays one: its hand-written fields and site tree come from its parent.
     path = write(out_dir, base=base_doc, responses=responses, rules=rules, abstractor=abstractor, source=source)
     return Recording(
         path=path,

@@ -17,6 +17,7 @@ from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, 
 from feint.camouflage.decoy.persona import Persona, Response, Rule, Template, TokenFiller
 from feint.camouflage.decoy.situation import MERGED_FIELD_BYTES_NOTABLE, Resolved, situation, split_target
 
+_HOST_LINE = re.compile(rb"\r?\nhost:([^\r\n]*)", re.IGNORECASE)
 GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
 # Answers remembered per responder, keyed by what decides them (see `PersonaResponder.respond`);
 # the table is emptied when full, so a scanner's unique paths cost a miss each, never memory.
@@ -43,14 +44,36 @@ _SLOT = "\x00{}\x00"  # a volatile value while a cached head is rendered (NUL is
 _SLOT_SPLIT = re.compile(rb"\x00(" + "|".join(VOLATILE_NAMES).encode() + rb")\x00")
 
 
-def imf_date(epoch: float | None = None) -> str:
-    """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
-    return formatdate(epoch, usegmt=True)
+def java_date(epoch: float) -> str:
+    """``java.util.Date.toString()`` in UTC: ``Wed Dec 02 02:15:00 UTC 2026`` (Spring's Whitelabel page)."""
+    return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
+
+
+def iso_millis(epoch: float) -> str:
+    """Jackson's StdDateFormat in UTC, as Spring Boot serialises ``new Date()``: ``2026-12-02T02:15:00.123+00:00``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}+00:00"
+
+
+def filetime_le(epoch: float) -> str:
+    """IIS's ETag stem: the file's FILETIME (100 ns ticks since 1601), its 8 bytes little-endian, each
+    as unpadded hex: a published "557c50d443acd81:0" decodes to 2022-08-09T23:00:33.226 UTC, the
+    Last-Modified it came with (the sources are in personas/iis-10/persona.yaml)."""
+    return filetime_hex(round((epoch + 11_644_473_600) * 10_000_000))
+
+
+def filetime_hex(ticks: int) -> str:
+    """A FILETIME's 8 bytes, little-endian, each as unpadded hex (IIS's ETag stem)."""
+    return "".join(f"{b:x}" for b in ticks.to_bytes(8, "little"))
 
 
 def listing_mtime(epoch: float) -> str:
-    """A file's mtime as Apache's mod_autoindex prints it in a listing (``2026-12-02 02:25``, UTC)."""
+    """A file time as Apache's mod_autoindex lists it (%Y-%m-%d %H:%M; the server's zone, UTC here)."""
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
+
+
+def imf_date(epoch: float | None = None) -> str:
+    """An IMF-fixdate (RFC 9110 5.6.7): ``Tue, 01 Dec 2026 18:39:12 GMT``."""
+    return formatdate(epoch, usegmt=True)
 
 
 _now_second = -1
@@ -153,6 +176,13 @@ class PersonaResponder:
         self._response_cacheable: dict[tuple[str, int], bool] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        # Placeholders computed only for personas that use them (request_head, timestamp_*).
+        self._per_request = any(
+            name == "request_head" or name.startswith("timestamp_")
+            for r in persona.responses.values()
+            for t in [*(x for h in r.headers if h for x in h), *([r.body.page] if r.body.page else [])]
+            for name in t.names
+        )
 
     @property
     def limits(self) -> Limits:
@@ -180,7 +210,7 @@ class PersonaResponder:
         if answer.reply is not None:
             return answer.reply
         if answer.render:
-            response = self.persona.responses[answer.rule.response]
+            response = self._response(answer.rule, request)
             keep = not answer.close
             data = self.render(response, request=request, conn=conn, resolved=answer.resolved, keep=keep)
             return Reply(data=data, close=answer.close)
@@ -199,10 +229,17 @@ class PersonaResponder:
         """The answer rendered from scratch (every request the cache does not cover)."""
         rule, resolved, _ = self.rule_for(request)
         keep = self._keep(rule, request, conn)
-        data = self.render(
-            self.persona.responses[rule.response], request=request, conn=conn, resolved=resolved, keep=keep
-        )
+        data = self.render(self._response(rule, request), request=request, conn=conn, resolved=resolved, keep=keep)
         return Reply(data=data, close=not keep)
+
+    def _response(self, rule: Rule, request: Request) -> Response:
+        """The rule's response, or its alternate for a declared request flag (Spring's Accept: text/html)."""
+        response = self.persona.responses[rule.response]
+        for flag, rid in response.alternates:
+            seen = request.header(flag.name)
+            if seen is not None and flag.contains in seen.lower():
+                return self.persona.responses[rid]
+        return response
 
     def _keep(self, rule: Rule, request: Request, conn: Connection) -> bool:
         return (
@@ -239,7 +276,13 @@ class PersonaResponder:
         if merged > MERGED_FIELD_BYTES_NOTABLE:
             return None
         last = conn.requests_served + 1 >= self._keepalive_max
+        # The persona's declared flags decide the rule and the alternate answer: part of the key.
+        flags = tuple(
+            (seen := request.header(flag.name)) is not None and flag.contains in seen.lower()
+            for flag in self.persona.flags
+        )
         return (
+            flags,
             request.method,
             request.target,
             request.version,
@@ -255,7 +298,7 @@ class PersonaResponder:
         """Render the answer once with its volatile values as slots, and keep it under ``key``."""
         rule, resolved, _ = self.rule_for(request)
         keep = self._keep(rule, request, conn)
-        response = self.persona.responses[rule.response]
+        response = self._response(rule, request)
         answer: _Answer
         # A NUL in a request value could pass for a slot (the parser flags one, so this is for
         # requests built elsewhere): such a request is rendered every time.
@@ -314,10 +357,21 @@ class PersonaResponder:
 
     def timeout(self, phase: TimeoutPhase, *, partial: bytes, conn: Connection) -> Reply | None:
         rid = self.persona.timeouts.get(phase)
+        if phase == "head" and b"\n" not in partial and "head-line" in self.persona.timeouts:
+            # Apache: nothing or half a request line by the timeout is a silent close, a 408 after it.
+            rid = self.persona.timeouts["head-line"]
         if rid is None:
             return None
+        # Once the head is in (a body timeout), the answer knows the Host (Apache's "Server at HOST").
+        host = _HOST_LINE.search(partial) if phase == "body" else None
         empty = Request(
-            request_line=b"", method=b"", target=b"", version=b"HTTP/1.1", headers=(), body=b"", problems=frozenset()
+            request_line=b"",
+            method=b"",
+            target=b"",
+            version=b"HTTP/1.1",
+            headers=((b"Host", host.group(1).strip()),) if host else (),
+            body=b"",
+            problems=frozenset(),
         )
         data = self.render(
             self.persona.responses[rid], request=empty, conn=conn, resolved=Resolved("none", ""), keep=False
@@ -352,12 +406,21 @@ class PersonaResponder:
             "listing_mtime": self._listing_mtime,
             **self.persona.vars,
         }
+        if self._per_request:
+            now = time.time()
+            values["request_head"] = request.head.decode("latin-1")  # TRACE echoes the request
+            values["timestamp_iso"] = iso_millis(now)
+            values["timestamp_java"] = java_date(now)
         if resolved.path in self._site:
             size = len(self._site[resolved.path])
             mtime = self.persona.site_mtime
             values["last_modified"] = imf_date(mtime)
             values["etag"] = self.persona.etag_format.format(
-                size=size, mtime=int(mtime), mtime_us=int(mtime * 1_000_000), mtime_ms=int(mtime * 1000)
+                size=size,
+                mtime=int(mtime),
+                mtime_us=int(mtime * 1_000_000),
+                mtime_ms=int(mtime * 1000),
+                filetime_le=filetime_le(mtime),
             )
             ext = resolved.path.rsplit(".", 1)[-1].lower() if "." in resolved.path.rsplit("/", 1)[-1] else ""
             values["etag_gzip"] = values["etag"][:-1] + '-gzip"'

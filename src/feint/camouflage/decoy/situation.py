@@ -64,6 +64,15 @@ _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderFlag:
+    """An extras flag a persona declares: set when header ``name`` contains ``contains`` (any case)."""
+
+    flag: str
+    name: bytes  # lowercase
+    contains: bytes  # lowercase
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     """Where a request's path leads in the persona's site tree."""
 
@@ -81,12 +90,15 @@ class SiteIndex:
         index_names: tuple[str, ...],
         special: dict[str, str] | None = None,
         dot_last_segment: bool = False,
+        flags: tuple[HeaderFlag, ...] = (),
     ) -> None:
         self.files = files
         # False: a dot anywhere in the path hides it (nginx, Apache rules). True: only a last
         # segment starting with a dot does, as Express's static (send 0.19 without a dotfiles
         # option) serves /.git/config and ignores /.env and /.git.
         self.dot_last_segment = dot_last_segment
+        # Headers this persona's server answers differently on (Spring's Accept: text/html).
+        self.flags = flags
         # Path prefixes the server maps elsewhere (Apache's /server-status, /icons/): their own kind.
         self.special = tuple(sorted((special or {}).items(), key=lambda kv: -len(kv[0])))
         self.index_names = index_names
@@ -210,8 +222,8 @@ def version_feature(version: bytes | None) -> str:
     return "bad:" + re.sub(r"[^A-Za-z/.d]", "_", shape)
 
 
-def extras_feature(request: Request) -> str:
-    """The headers that change a real server's answer, as sorted flags."""
+def extras_feature(request: Request, declared: tuple[HeaderFlag, ...] = ()) -> str:
+    """The headers that change a real server's answer, as sorted flags (then the persona's own)."""
     flags = []
     encoding = request.header(b"accept-encoding")
     if encoding and b"gzip" in encoding.lower():
@@ -234,6 +246,10 @@ def extras_feature(request: Request) -> str:
         # Apache joins repeated fields into one and refuses the result over LimitRequestFieldSize.
         flags.append("merged-8k")
     flags.extend(_header_shapes(request.head))
+    for spec in declared:
+        seen = request.header(spec.name)
+        if seen is not None and spec.contains in seen.lower():
+            flags.append(spec.flag)
     return "+".join(flags) or "none"
 
 
@@ -296,6 +312,6 @@ def situation(request: Request, site: SiteIndex) -> Situation:
         version_feature(request.version),
         target_feature(request.target),
         resolved.kind,
-        extras_feature(request),
+        extras_feature(request, site.flags),
     )
     return Situation(fields=fields, resolved=resolved)

@@ -181,4 +181,4 @@ def test_site_command_writes_the_docroot_record_needs(tmp_path: Path) -> None:
     assert config.stat().st_mtime == p.site_mtime
     assert sum(1 for f in (tmp_path / "www").rglob("*") if f.is_file()) == len(p.site)
     missing = CliRunner().invoke(camouflage_app, ["site", "--persona", "nope", "--out", str(tmp_path / "x")])
-    assert missing.exit_code == 1 and "no persona" in missing.output
+    assert missing.exit_code == 1 and "unknown persona" in missing.output
