@@ -2,8 +2,9 @@
 balance reads, rule polling and evaluation. Each user paces itself to one task per second
 (``constant_throughput``), so the number of users is the offered request rate.
 
-Shares of the mix (by task weight): gateway 60% (of it, one request in ten from a bot: scanner
-agents, probes of `.env` and `wp-admin`, SQL injection), credits 30% (metering transfers and
+Shares of the mix (by user weight): gateway 60% (of it, one user in ten a bot: scanner agents,
+probes of `.env` and `wp-admin`, SQL injection; a bot is held by its decoy, so bots send fewer
+requests than their share of users), credits 30% (metering transfers and
 balance reads, two to one), shadow 10% (the gateway's rule poll with its ETag, and the list of
 evaluations). The run's settings come from the environment the harness (`load.py`) sets:
 ``LOAD_GATEWAY``, ``LOAD_CREDITS``, ``LOAD_SHADOW`` (base URLs), ``LOAD_KEY`` (a write key of the
@@ -23,7 +24,7 @@ CREDITS = os.environ.get("LOAD_CREDITS", "http://127.0.0.1:5004")
 SHADOW = os.environ.get("LOAD_SHADOW", "http://127.0.0.1:5005")
 KEY = os.environ.get("LOAD_KEY", "")
 ACCOUNTS = [a for a in os.environ.get("LOAD_ACCOUNTS", "").split(",") if a]
-BOT_SHARE = 0.1
+BOT_NAME = "gateway bot"  # load.py leaves it out of the rate and latency targets (decoys are slow on purpose)
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 BOT_REQUESTS = (
     ("/.env", "sqlmap/1.8#stable (https://sqlmap.org)"),
@@ -34,33 +35,58 @@ BOT_REQUESTS = (
 BENIGN_PATHS = ("/", "/api/products", "/login")
 
 
+def _address(first: int, second_base: int = 0, second_span: int = 256) -> str:
+    return f"{first}.{second_base + random.randrange(second_span)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
 class GatewayVisitor(HttpUser):
-    """A visitor of the protected application, or now and then a bot."""
+    """A visitor of the protected application.
+
+    The gateway sees every locust user at its own address, as it would behind a load balancer
+    (``X-Forwarded-For``; the harness trusts loopback as that proxy): from one address, the bots'
+    diverted sessions would count against every visitor there (``threat.ADDRESS_DIVERTED_MIN``)
+    and the visitors would be diverted too."""
+
+    host = GATEWAY
+    weight = 54
+    wait_time = constant_throughput(1)
+
+    def on_start(self) -> None:
+        self.headers = {"user-agent": BROWSER, "x-forwarded-for": _address(10)}
+
+    @task
+    def visit(self) -> None:
+        self.client.get(random.choice(BENIGN_PATHS), headers=self.headers, name="gateway benign")
+
+
+class GatewayBot(HttpUser):
+    """A bot (one gateway request in ten). Its own user: a decoy holds a bot on purpose (slow
+    answers, trickled bodies), which must not slow the visitors' pacing nor count as their latency."""
 
     host = GATEWAY
     weight = 6
     wait_time = constant_throughput(1)
 
+    def on_start(self) -> None:
+        self.address = _address(100, 64, 64)  # shared address space (RFC 6598): never a visitor's
+
     @task
-    def visit(self) -> None:
-        if random.random() < BOT_SHARE:
-            path, agent = random.choice(BOT_REQUESTS)
-            # A decoy answers bots with 404s and the like: any answer is a success, a failure is none.
-            with self.client.get(path, headers={"user-agent": agent}, name="gateway bot", catch_response=True) as r:
-                if r.status_code == 0 or r.status_code >= 500:
-                    r.failure(f"status {r.status_code}")
-                else:
-                    r.success()
-            return
-        path = random.choice(BENIGN_PATHS)
-        self.client.get(path, headers={"user-agent": BROWSER}, name="gateway benign")
+    def probe(self) -> None:
+        path, agent = random.choice(BOT_REQUESTS)
+        headers = {"user-agent": agent, "x-forwarded-for": self.address}
+        # A decoy answers bots with 404s and the like: any answer is a success, a failure is none.
+        with self.client.get(path, headers=headers, name=BOT_NAME, catch_response=True) as r:
+            if r.status_code == 0 or r.status_code >= 500:
+                r.failure(f"status {r.status_code}")
+            else:
+                r.success()
 
 
 class Meter(HttpUser):
     """The gateway's metering and a dashboard's balance reads against credits."""
 
     host = CREDITS
-    weight = 3
+    weight = 30
     wait_time = constant_throughput(1)
 
     def on_start(self) -> None:
@@ -83,7 +109,7 @@ class RuleWatcher(HttpUser):
     """A gateway replica polling its production rules, and an analyst listing evaluations."""
 
     host = SHADOW
-    weight = 1
+    weight = 10
     wait_time = constant_throughput(1)
 
     def on_start(self) -> None:

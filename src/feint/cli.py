@@ -20,7 +20,7 @@ from feint.camouflage.cli import camouflage_app
 from feint.credits.cli import credits_app
 from feint.errors import ConfigError, FeintError
 from feint.platform import keys as keys_mod
-from feint.platform import migrations
+from feint.platform import migrations, tls
 from feint.platform.db import connect_sync
 from feint.platform.secrets import derive, load_master_key
 from feint.platform.serve import (
@@ -232,13 +232,13 @@ def status() -> None:
     table.add_column("address")
     table.add_column("state")
     scheme = "https" if settings.tls_enabled else "http"
+    probe = tls.probe_context(settings)
     healthy = True
     for name in SERVICES:
         url = f"{scheme}://{settings.host}:{service_port(settings, name)}/health"
         try:
-            # A status probe of our own loopback service: a self-signed certificate is expected.
-            # (bandit B501, ruff S501: accepted for this probe only.)
-            response = httpx.get(url, timeout=STATUS_TIMEOUT_SECONDS, verify=False)  # noqa: S501  # nosec B501
+            # A status probe of our own loopback service: see tls.probe_context.
+            response = httpx.get(url, timeout=STATUS_TIMEOUT_SECONDS, verify=probe)
             state = "up" if response.status_code == 200 else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             state = f"down ({type(exc).__name__})"

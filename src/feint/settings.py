@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     )
     tls_cert_file: Path | None = Field(None, description="PEM certificate; with the key, serve HTTPS.")
     tls_key_file: Path | None = Field(None, description="PEM private key for `FEINT_TLS_CERT_FILE`.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: the APIs require a client certificate signed by it (mTLS); needs TLS on."
+    )
+    tls_client_cert_file: Path | None = Field(
+        None, description="PEM certificate the internal clients present to other services (mTLS)."
+    )
+    tls_client_key_file: Path | None = Field(None, description="PEM private key for `FEINT_TLS_CLIENT_CERT_FILE`.")
+    tls_server_ca_file: Path | None = Field(
+        None, description="PEM CA bundle the internal clients verify services' certificates with; unset: the system's."
+    )
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP endpoint for traces (`http://collector:4318`); unset: tracing off."
     )
@@ -229,8 +239,24 @@ def get_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         raise _config_error(exc) from None
-    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
-        raise ConfigError(
-            "FEINT_TLS_CERT_FILE", "set without its pair", "both FEINT_TLS_CERT_FILE and FEINT_TLS_KEY_FILE"
-        )
+    check_tls(settings)
     return settings
+
+
+def check_tls(settings: Settings) -> None:
+    """The TLS files come in pairs, exist, and a client CA only with TLS on; ConfigError naming the variable."""
+    pairs = (("tls_cert_file", "tls_key_file"), ("tls_client_cert_file", "tls_client_key_file"))
+    for cert, key in pairs:
+        if (getattr(settings, cert) is None) != (getattr(settings, key) is None):
+            raise ConfigError(
+                f"FEINT_{cert.upper()}", "set without its pair", f"both FEINT_{cert.upper()} and FEINT_{key.upper()}"
+            )
+    if settings.tls_client_ca_file is not None and not settings.tls_enabled:
+        raise ConfigError(
+            "FEINT_TLS_CLIENT_CA_FILE", "set without TLS", "FEINT_TLS_CERT_FILE and FEINT_TLS_KEY_FILE set too"
+        )
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_client_cert_file",
+                 "tls_client_key_file", "tls_server_ca_file"):  # fmt: skip
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"FEINT_{name.upper()}", f"{str(path)[:200]!r} is not a readable file", "a PEM file")

@@ -1,10 +1,11 @@
 """The camouflage management app (port 5006): personas, arms, sessions, events, honeytokens,
-decision explanations and the allow-list (routes in ``views.py``)."""
+decision explanations and the allow-list (routes in ``views.py``), and labels (``labels.py``)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from feint.camouflage import labels
 from feint.camouflage.views import router
 from feint.platform.runtime import Platform
 from feint.platform.web import create_app
@@ -17,4 +18,4 @@ DESCRIPTION = (
 
 
 def create(platform: Platform) -> FastAPI:
-    return create_app("camouflage", platform=platform, routers=[router], description=DESCRIPTION)
+    return create_app("camouflage", platform=platform, routers=[router, labels.router], description=DESCRIPTION)

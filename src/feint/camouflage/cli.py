@@ -125,3 +125,43 @@ def record(
     )
     for key in result.conflicts:
         err.print(f"[yellow]conflict:[/yellow] probes with key {key} got different answers (majority kept)")
+
+
+@camouflage_app.command("labels")
+def labels_command(
+    since: Annotated[str, typer.Option(help="Start: an ISO 8601 instant or a duration back from now (24h, 7d).")],
+    out_path: Annotated[Path, typer.Option("--out", help="The labels CSV to write (id,label).")],
+    tenant: Annotated[str, typer.Option("--tenant", envvar="FEINT_TENANT", help="The tenant whose decisions.")],
+    until: Annotated[str | None, typer.Option(help="End (excluded), same forms; default now.")] = None,
+) -> None:
+    """Write the labels file `feint shadow evaluate --labels` reads, from the gateway's decisions in
+    [SINCE, UNTIL): bots by engagement and honeytokens, known-good clients from the allow-list."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from feint.camouflage import labels
+    from feint.platform.db import Database
+    from feint.settings import get_settings
+    from feint.shadow.rules_cli import run_for_tenant
+
+    try:
+        span = labels.window(since, until, now=datetime.now(UTC), field_prefix="--")
+    except FeintError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from None
+    settings = get_settings()
+
+    async def work(db: Database, tenant_id: uuid.UUID) -> list[tuple[str, int]]:
+        return await labels.collect(db, tenant_id=tenant_id, span=span, settings=settings)
+
+    rows = run_for_tenant(tenant, work, starter=False)
+    staging = out_path.with_name(f".{out_path.name}.partial")
+    staging.write_text(labels.to_csv(rows), encoding="utf-8")
+    staging.replace(out_path)
+    bots = sum(label for _, label in rows)
+    err.print(
+        f"{out_path}: {len(rows)} labels ({bots} bots, {len(rows) - bots} benign) "
+        f"from {span.since.isoformat()} to {span.until.isoformat()}",
+        highlight=False,
+        soft_wrap=True,
+    )

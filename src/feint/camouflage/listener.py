@@ -34,6 +34,7 @@ from feint.camouflage.engine.gateway_config import (
 from feint.camouflage.engine.rulesource import RuleReloader
 from feint.camouflage.engine.upstream import Upstream
 from feint.camouflage.gateway import GATEWAY_LIMITS, Diverter, Gateway, Meter
+from feint.platform import tls
 from feint.platform.runtime import Platform
 
 DRAIN_SECONDS: Final = 10.0
@@ -56,11 +57,11 @@ async def ensure_tenant(platform: Platform, name: str) -> uuid.UUID:
 
 
 def tls_context(platform: Platform) -> ssl.SSLContext | None:
+    """The public listener's TLS (never asks for client certificates: browsers and bots connect here)."""
     settings = platform.settings
     if not settings.tls_enabled or settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = tls.harden(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
     return context
 
@@ -116,7 +117,11 @@ class GatewayListener:
         await rules.refresh()
         decisions = DecisionLog(db=self.platform.db, path=settings.decision_log, queue_max=settings.decision_queue_max)
         meter: Meter | None = metering.for_settings(
-            self.metering_settings, tenant=settings.tenant, events=book.events, tenant_id=tenant_id
+            self.metering_settings,
+            tenant=settings.tenant,
+            events=book.events,
+            tenant_id=tenant_id,
+            tls=tls.client_context(self.platform.settings),
         )
         watch = book.watch
         gateway = Gateway(

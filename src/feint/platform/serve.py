@@ -26,7 +26,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from feint.platform import embedded, migrations
+from feint.platform import embedded, migrations, tls
 from feint.platform.db import connect_sync
 from feint.platform.runtime import Platform, build
 from feint.settings import Settings
@@ -95,10 +95,7 @@ class _Server(uvicorn.Server):
 
 def _tls_factory(settings: Settings) -> Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
     def factory(_: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        context = default()
-        # TLS 1.2 at least; OpenSSL negotiates 1.3 first when the client has it.
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+        return tls.harden(default())
 
     return factory
 
@@ -113,9 +110,8 @@ def uvicorn_server(app: Any, *, settings: Settings, port: int, host: str | None 
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
-        ssl_certfile=str(settings.tls_cert_file) if settings.tls_enabled else None,
-        ssl_keyfile=str(settings.tls_key_file) if settings.tls_enabled else None,
         ssl_context_factory=_tls_factory(settings) if settings.tls_enabled else None,
+        **tls.server_options(settings),
     )
     return _Server(config)
 

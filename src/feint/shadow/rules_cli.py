@@ -57,16 +57,16 @@ def _actor() -> str:
         return "cli:unknown"
 
 
-def _run(tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]]) -> T:
-    """Migrate, open the database, find the tenant (its starter set ensured) and run ``work``;
-    a FeintError is one red line and exit code 1."""
+def _run(tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]], *, starter: bool = True) -> T:
+    """Migrate, open the database, find the tenant (its starter set ensured unless ``starter`` is
+    false) and run ``work``; a FeintError is one red line and exit code 1."""
     settings = get_settings()
     configure_logging(level="warning", fmt=settings.log_format, stderr=True)
     try:
         target = resolve_database(settings)
         try:
             migrations.migrate(target.migration_url)
-            return asyncio.run(_with_tenant(target.url, settings.database_role or None, tenant, work))
+            return asyncio.run(_with_tenant(target.url, settings.database_role or None, tenant, work, starter=starter))
         finally:
             target.stop()
     except FeintError as exc:
@@ -75,7 +75,7 @@ def _run(tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]]) -> T:
 
 
 async def _with_tenant(
-    url: str, role: str | None, tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]]
+    url: str, role: str | None, tenant: str, work: Callable[[Database, uuid.UUID], Awaitable[T]], *, starter: bool
 ) -> T:
     db = Database(url, role=role, size_max=CLI_POOL_SIZE, name="feint-rules-cli")
     await db.open()
@@ -84,10 +84,14 @@ async def _with_tenant(
             tenant_id = await store.tenant_id_by_name(conn, tenant)
         if tenant_id is None:
             raise NotFound(f"no tenant {tenant!r}; `feint keys create --tenant {tenant}` creates it")
-        await repository.ensure_starter(db, tenant_id=tenant_id)
+        if starter:
+            await repository.ensure_starter(db, tenant_id=tenant_id)
         return await work(db, tenant_id)
     finally:
         await db.close()
+
+
+run_for_tenant = _run  # other domains' operator commands (``feint camouflage labels``)
 
 
 def _version_ref(text: str) -> tuple[str, int | None]:

@@ -13,12 +13,13 @@ import pytest
 
 from feint.camouflage.decoy import server
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase
+from feint.camouflage.engine import wiring
 from feint.camouflage.engine.clients import MemoryClients
 from feint.camouflage.engine.decisions import DecisionLog
 from feint.camouflage.engine.rulesource import RuleReloader
 from feint.camouflage.engine.upstream import Upstream
 from feint.camouflage.gateway import GATEWAY_LIMITS, Gateway, OnePersona
-from feint.camouflage.listener import ensure_tenant
+from feint.camouflage.listener import decoy_personas, ensure_tenant
 from feint.platform.runtime import Platform
 from tests.integration.camouflage.upstream import RawUpstream, raw_upstream
 
@@ -51,14 +52,24 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    platform: Platform, tmp_path: Path, *, rules: RuleReloader | None = None, threshold: int = 5
+    platform: Platform,
+    tmp_path: Path,
+    *,
+    rules: RuleReloader | None = None,
+    threshold: int = 5,
+    tenant: str = "acme",
+    engine: bool = False,
 ) -> AsyncIterator[Running]:
-    """Upstream, gateway and decision writer running; everything stopped and flushed on exit."""
-    tenant_id = await ensure_tenant(platform, "acme")
+    """Upstream, gateway and decision writer running; everything stopped and flushed on exit.
+
+    ``engine``: the decoys are the real session book (bandit, personas, honeytokens, events in
+    PostgreSQL) that ``feint serve camouflage`` wires, instead of one fixed nginx page."""
+    tenant_id = await ensure_tenant(platform, tenant)
+    book = wiring.build_book(platform, tenant_id=tenant_id, personas=decoy_personas()) if engine else None
     log_path = tmp_path / "decisions.jsonl"
     async with raw_upstream() as upstream:
         reloader = rules or RuleReloader.for_settings(
-            db=platform.db, tenant="acme", ruleset="starter", path=None, poll_seconds=0.2
+            db=platform.db, tenant=tenant, ruleset="starter", path=None, poll_seconds=0.2
         )
         await reloader.refresh()
         decisions = DecisionLog(db=platform.db, path=log_path, queue_max=10_000)
@@ -66,17 +77,21 @@ async def running_gateway(
             upstream=Upstream(f"http://127.0.0.1:{upstream.port}"),
             rules=reloader,
             clients=MemoryClients(),
-            diverter=OnePersona(FakeNginx(), persona="nginx"),
+            diverter=OnePersona(FakeNginx(), persona="nginx") if book is None else book,
             decisions=decisions,
             tenant_id=tenant_id,
             divert_threshold=threshold,
         )
         writer = asyncio.create_task(decisions.run())
+        if book is not None:
+            await book.start()
         listening = await server.serve(gateway, host="127.0.0.1", port=0)
         try:
             yield Running(gateway, upstream, listening.port, decisions, log_path, tenant_id)
         finally:
             await listening.stop(grace_seconds=2)
+            if book is not None:
+                await book.close()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer

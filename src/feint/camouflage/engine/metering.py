@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -70,6 +71,7 @@ class Metering:
         tenant_id: uuid.UUID | None,
         events: EventSink | None,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if settings.operator_key is None or settings.account is None:
             raise ConfigError(
@@ -85,6 +87,7 @@ class Metering:
             headers={"Authorization": f"Bearer {settings.operator_key}", "Feint-Tenant": tenant},
             timeout=CREDITS_TIMEOUT_SECONDS,
             transport=transport,
+            verify=True if tls is None else tls,  # https: the service's certificate, our client certificate
         )
         self.owed = 0  # counted, not yet captured
         self.charged = 0
@@ -245,9 +248,15 @@ class Metering:
 
 
 def for_settings(
-    settings: MeteringSettings, *, tenant: str, tenant_id: uuid.UUID | None, events: EventSink | None
+    settings: MeteringSettings,
+    *,
+    tenant: str,
+    tenant_id: uuid.UUID | None,
+    events: EventSink | None,
+    tls: ssl.SSLContext | None = None,
 ) -> Metering | None:
-    """The metering of the gateway, or None when ``FEINT_METERING_MODE=off``."""
+    """The metering of the gateway, or None when ``FEINT_METERING_MODE=off``; ``tls``: the internal
+    client's context (`feint.platform.tls.client_context`) for an https credits URL."""
     if settings.mode == "off":
         return None
-    return Metering(settings, tenant=tenant, tenant_id=tenant_id, events=events)
+    return Metering(settings, tenant=tenant, tenant_id=tenant_id, events=events, tls=tls)
