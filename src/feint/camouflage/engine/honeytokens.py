@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from feint.camouflage.decoy.contract import Request
+from feint.camouflage.decoy.responder import default_filler
 from feint.camouflage.engine.events import EventId, EventSink
 from feint.errors import InvariantViolated
 
@@ -217,6 +218,35 @@ def fill(data: bytes, tokens: TokenSet) -> tuple[bytes, int]:
         return tokens.values[kind].encode()
 
     return PLACEHOLDER.sub(replace, data), count
+
+
+# Persona site files (`.env`, `.git/config`) carry ``{{token:KIND}}``, which the decoy renders with
+# `responder.default_filler`: a stable value per kind, the same for every session. For the kinds
+# below, the session's answer swaps that value for the session's own credential, so that a later
+# use names the session. Each default is exactly as long as the credential that replaces it
+# (tests/unit/camouflage/engine/test_sessions.py checks it), so the Content-Length and ETag the
+# decoy computed from the file's size stay true. A body the persona compresses is left alone.
+SITE_KINDS: Final = {
+    "aws_access_key": TokenKind.AWS_ACCESS_KEY_ID,
+    "aws_secret_key": TokenKind.AWS_SECRET_ACCESS_KEY,
+    "db_password": TokenKind.DATABASE_PASSWORD,
+    "git_password": TokenKind.DATABASE_PASSWORD,
+}
+SITE_DEFAULTS: Final = {default_filler(name).encode(): kind for name, kind in SITE_KINDS.items()}
+_SITE_VALUE: Final = re.compile(b"|".join(re.escape(value) for value in SITE_DEFAULTS))
+
+
+def swap_site_tokens(data: bytes, tokens: TokenSet) -> tuple[bytes, int]:
+    """``data`` with the persona's default credentials replaced by the session's; how many."""
+    count = 0
+
+    def own(match: re.Match[bytes]) -> bytes:
+        nonlocal count
+        count += 1
+        return tokens.values[SITE_DEFAULTS[match.group(0)]].encode()
+
+    swapped = _SITE_VALUE.sub(own, data)
+    return swapped, count
 
 
 def fill_reply(data: bytes, tokens: TokenSet) -> tuple[bytes, int]:

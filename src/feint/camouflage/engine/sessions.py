@@ -27,7 +27,7 @@ from feint.camouflage.engine.bandit import Bandit
 from feint.camouflage.engine.bands import Band, EngagementProfile, HoldGate, band_of
 from feint.camouflage.engine.engage import labyrinth, shape, status_and_server, wants_labyrinth
 from feint.camouflage.engine.events import EventId, EventSink
-from feint.camouflage.engine.honeytokens import HoneytokenWatch, TokenSet, fill_reply
+from feint.camouflage.engine.honeytokens import HoneytokenWatch, TokenSet, fill_reply, swap_site_tokens
 from feint.errors import InvariantViolated
 
 SESSIONS_MAX: Final = 100_000
@@ -210,6 +210,8 @@ class SessionBook:
         taken = 0
         if session.tokens is not None and reply.stream is None:
             data, taken = fill_reply(reply.data, session.tokens)
+            data, swapped = swap_site_tokens(data, session.tokens)
+            taken += swapped
             if taken:
                 reply = Reply(data=data, close=reply.close, trickle=reply.trickle)
         shaped = shape(reply, session.profile, gate=self.gate, now=now)

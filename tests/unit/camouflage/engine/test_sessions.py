@@ -6,10 +6,11 @@ import uuid
 
 import pytest
 
+from feint.camouflage.decoy.responder import default_filler
 from feint.camouflage.engine.bandit import Bandit, MemoryBanditStore
 from feint.camouflage.engine.bands import Band, HoldGate
 from feint.camouflage.engine.events import EventId, EventSink
-from feint.camouflage.engine.honeytokens import Honeytokens, HoneytokenWatch, TokenKind
+from feint.camouflage.engine.honeytokens import SITE_KINDS, Honeytokens, HoneytokenWatch, TokenKind
 from feint.camouflage.engine.sessions import FOLLOWUPS_FULL, Session, SessionBook, reward
 from feint.errors import InvariantViolated
 from tests.unit.camouflage.engine.fakes import CONN, Persona, TokenStore, request
@@ -150,3 +151,46 @@ def test_reward_is_normalised() -> None:
     b, _ = book(b_clock)
     with pytest.raises(InvariantViolated):
         b.record(s, path="/", tokens_taken=-1)
+
+
+async def test_site_files_carry_the_sessions_own_credentials() -> None:
+    """A real persona's `/.env` and `.git/config` hold this session's AWS key and database password
+    (recognised as honeytokens, different for another session), at the length the decoy announced."""
+    from feint.camouflage.decoy import persona as persona_lib
+    from feint.camouflage.decoy.recorder import requests_of
+    from feint.camouflage.decoy.responder import PersonaResponder
+
+    clock = Clock()
+    b, events = book(clock)
+    loaded = persona_lib.load("nginx-debian")
+    b.personas = {"nginx-debian": PersonaResponder(loaded)}  # type: ignore[misc]
+    b.bandit = Bandit(MemoryBanditStore(), personas=("nginx-debian",))
+    honeytokens = Honeytokens(b"\x03" * 32)
+    seen: dict[str, str] = {}
+    for client in ("c1", "c2"):
+        env = requests_of(b"GET /.env HTTP/1.1\r\nHost: shop\r\n\r\n", loaded)[0]
+        session, reply = await b.answer(client_key=client, threat=1, request=env, conn=CONN)
+        assert session.tokens is not None
+        data = reply.data + b"".join(chunk for _, chunk in reply.trickle)
+        head, _, body = data.partition(b"\r\n\r\n")
+        aws = session.tokens.values[TokenKind.AWS_ACCESS_KEY_ID]
+        password = session.tokens.values[TokenKind.DATABASE_PASSWORD]
+        assert f"AWS_ACCESS_KEY_ID={aws}\n".encode() in body and f"DB_PASSWORD={password}\n".encode() in body
+        assert honeytokens.kind_of(aws) is TokenKind.AWS_ACCESS_KEY_ID
+        assert honeytokens.kind_of(password) is TokenKind.DATABASE_PASSWORD
+        assert f"Content-Length: {len(body)}\r\n".encode() in head
+        assert len(body) == len(loaded.rendered_site(default_filler)["/.env"])
+        assert session.tokens_taken == 1
+        seen[client] = aws
+        config = requests_of(b"GET /.git/config HTTP/1.1\r\nHost: shop\r\n\r\n", loaded)[0]
+        _, reply = await b.answer(client_key=client, threat=1, request=config, conn=CONN)
+        assert f"deploy:{password}@".encode() in reply.data + b"".join(chunk for _, chunk in reply.trickle)
+    assert seen["c1"] != seen["c2"]
+    assert [e.event_id for e in events].count(EventId.HONEYTOKEN_TAKEN) == 4
+
+
+def test_site_defaults_are_as_long_as_the_credentials_that_replace_them() -> None:
+    """Swapping a persona's default credential for the session's never changes a body's length."""
+    tokens = Honeytokens(b"\x05" * 32).mint(uuid.uuid4())
+    for name, kind in SITE_KINDS.items():
+        assert len(default_filler(name)) == len(tokens.values[kind]), name
