@@ -101,6 +101,7 @@ DECLARE
     moment timestamptz;
     moment_iso text;
     batch uuid := gen_random_uuid();
+    render boolean := p_mode IS NULL OR p_all;
     -- the locked accounts, in (tenant, id) order
     a_tenant uuid[]; a_id uuid[]; a_kind text[]; a_code text[]; a_nod boolean[]; a_limit bigint[];
     a_posted bigint[]; a_opening bigint[]; a_pending bigint[]; a_version bigint[];
@@ -337,8 +338,10 @@ BEGIN
         r_status[i] := 201;
         r_debit_balance[i] := a_posted[d];
         r_credit_balance[i] := a_posted[c];
-        r_json[i] := credit_transfer_json(p_id[i], 'transfer', p_debit[i], p_credit[i], amount, NULL, NULL,
-                                          a_posted[d], a_posted[c], p_metadata[i], moment);
+        IF render THEN  -- a batch answering failures only renders no transfer
+            r_json[i] := credit_transfer_json(p_id[i], 'transfer', p_debit[i], p_credit[i], amount, NULL, NULL,
+                                              a_posted[d], a_posted[c], p_metadata[i], moment);
+        END IF;
         r_record[i] := '{"amount":' || amount || ',"at":"' || moment_iso || '","credit":"' || p_credit[i]
                        || '","credit_balance":' || a_posted[c] || ',"debit":"' || p_debit[i] || '","debit_balance":'
                        || a_posted[d] || ',"grant":null,"hold":null,"id":"' || p_id[i]
