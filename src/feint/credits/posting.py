@@ -148,7 +148,7 @@ def _book(posted: transfers.Posted) -> tuple[Book, dict[AccountKey, datetime]]:
     next_hold: dict[AccountKey, datetime] = {}
     for row in posted.accounts:
         tenant_id, account_id, kind, code, no_overdraft, limit, metadata, posted_, pending, holds, version = row[:11]
-        created_at, next_expiry, grants = row[11:14]
+        created_at, next_expiry = row[11:13]
         account = Account(
             tenant_id=tenant_id,
             id=account_id,
@@ -165,23 +165,28 @@ def _book(posted: transfers.Posted) -> tuple[Book, dict[AccountKey, datetime]]:
         )
         book.accounts[account.key] = account
         book.changed_accounts[account.key] = account
-        book.grants[account.key] = [_grant(tenant_id, account_id, g) for g in grants or ()]
+        book.grants[account.key] = _grants(tenant_id, account_id, row[13:21])
         if next_expiry is not None:
             next_hold[account.key] = next_expiry
     return book, next_hold
 
 
-def _grant(tenant_id: UUID, account_id: UUID, item: list[Any]) -> Grant:
-    grant_id, amount, remaining, held, priority, expires_at, transfer_id, created_at = item
-    return Grant(
-        tenant_id=tenant_id,
-        id=UUID(grant_id),
-        account_id=account_id,
-        amount=int(amount),
-        remaining=int(remaining),
-        held=int(held),
-        priority=int(priority),
-        expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
-        transfer_id=UUID(transfer_id),
-        created_at=datetime.fromisoformat(created_at),
-    )
+def _grants(tenant_id: UUID, account_id: UUID, columns: Sequence[Any]) -> list[Grant]:
+    ids, amounts, remaining, held, priorities, expiries, transfer_ids, created = columns
+    if not ids:
+        return []
+    return [
+        Grant(
+            tenant_id=tenant_id,
+            id=ids[n],
+            account_id=account_id,
+            amount=amounts[n],
+            remaining=remaining[n],
+            held=held[n],
+            priority=priorities[n],
+            expires_at=expiries[n],
+            transfer_id=transfer_ids[n],
+            created_at=created[n],
+        )
+        for n in range(len(ids))
+    ]

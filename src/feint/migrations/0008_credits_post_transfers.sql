@@ -92,7 +92,10 @@ CREATE FUNCTION credit_post_transfers(
     row_kind text, ord integer, status integer, body bytea, outcome text, at timestamptz,
     tenant_id uuid, account_id uuid, kind text, code text, no_overdraft boolean, overdraft_limit bigint,
     metadata bytea, posted bigint, pending bigint, holds_pending integer, version bigint, created_at timestamptz,
-    next_hold timestamptz, grants jsonb
+    next_hold timestamptz,
+    -- the account's live grants as parallel arrays (typed: binary results, no JSON to parse)
+    grant_ids uuid[], grant_amounts bigint[], grant_remaining bigint[], grant_held bigint[], grant_priorities integer[],
+    grant_expiries timestamptz[], grant_transfers uuid[], grant_created timestamptz[]
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -364,7 +367,9 @@ BEGIN
         END IF;
         RETURN QUERY SELECT 'o'::text, 1, answer_status, answer, 'failed'::text, moment,
             NULL::uuid, NULL::uuid, NULL::text, NULL::text, NULL::boolean, NULL::bigint, NULL::bytea, NULL::bigint,
-            NULL::bigint, NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz, NULL::jsonb;
+            NULL::bigint, NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+            NULL::uuid[], NULL::bigint[], NULL::bigint[], NULL::bigint[], NULL::integer[], NULL::timestamptz[],
+            NULL::uuid[], NULL::timestamptz[];
         RETURN;
     END IF;
 
@@ -474,14 +479,18 @@ BEGIN
 
     RETURN QUERY SELECT 'o'::text, w.n::integer, w.s, w.b, w.o, moment,
         NULL::uuid, NULL::uuid, NULL::text, NULL::text, NULL::boolean, NULL::bigint, NULL::bytea, NULL::bigint,
-        NULL::bigint, NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz, NULL::jsonb
+        NULL::bigint, NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+            NULL::uuid[], NULL::bigint[], NULL::bigint[], NULL::bigint[], NULL::integer[], NULL::timestamptz[],
+            NULL::uuid[], NULL::timestamptz[]
       FROM unnest(w_status, w_body, w_outcome) WITH ORDINALITY AS w(s, b, o, n) ORDER BY w.n;
 
     -- the changed accounts, for the balance cache's write-through
     IF (SELECT count(*) FROM unnest(a_changed) AS ch WHERE ch) > p_accounts_max THEN
         RETURN QUERY SELECT 'a'::text, NULL::integer, NULL::integer, NULL::bytea, NULL::text, moment,
             u.t, u.i, NULL::text, NULL::text, NULL::boolean, NULL::bigint, NULL::bytea, NULL::bigint, NULL::bigint,
-            NULL::integer, u.v, NULL::timestamptz, NULL::timestamptz, NULL::jsonb
+            NULL::integer, u.v, NULL::timestamptz, NULL::timestamptz,
+            NULL::uuid[], NULL::bigint[], NULL::bigint[], NULL::bigint[], NULL::integer[], NULL::timestamptz[],
+            NULL::uuid[], NULL::timestamptz[]
           FROM unnest(a_tenant, a_id, a_version, a_changed) AS u(t, i, v, ch) WHERE u.ch;
     ELSE
         RETURN QUERY SELECT 'a'::text, NULL::integer, NULL::integer, NULL::bytea, NULL::text, moment,
@@ -490,12 +499,16 @@ BEGIN
             (SELECT min(h.expires_at) FROM credit_holds h
               WHERE h.tenant_id = a.tenant_id AND h.debit_account_id = a.id AND h.state = 'pending'
                 AND h.expires_at > moment),
-            (SELECT jsonb_agg(jsonb_build_array(g.id, g.amount, g.remaining, g.held, g.priority, g.expires_at,
-                                                g.transfer_id, g.created_at))
-               FROM credit_grants g WHERE g.tenant_id = a.tenant_id AND g.account_id = a.id
-                AND (g.remaining > 0 OR g.held > 0))
+            lg.ids, lg.amounts, lg.remaining, lg.held, lg.priorities, lg.expiries, lg.transfers, lg.created
           FROM unnest(a_tenant, a_id, a_changed) AS u(t, i, ch)
           JOIN credit_accounts a ON a.tenant_id = u.t AND a.id = u.i
+          CROSS JOIN LATERAL (
+              SELECT array_agg(g.id) AS ids, array_agg(g.amount) AS amounts, array_agg(g.remaining) AS remaining,
+                     array_agg(g.held) AS held, array_agg(g.priority::integer) AS priorities,
+                     array_agg(g.expires_at) AS expiries, array_agg(g.transfer_id) AS transfers,
+                     array_agg(g.created_at) AS created
+                FROM credit_grants g
+               WHERE g.tenant_id = a.tenant_id AND g.account_id = a.id AND (g.remaining > 0 OR g.held > 0)) AS lg
          WHERE u.ch;
     END IF;
 END

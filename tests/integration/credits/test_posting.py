@@ -277,3 +277,25 @@ async def test_a_deadlock_in_the_call_is_retried(ledger: Ledger, monkeypatch: py
     refused = await ledger.transfer(a["id"], b["id"], 1)
     assert (refused.status_code, refused.json()["type"]) == (500, "/problems/invariant-violated")
     assert (await ledger.balance(b["id"]))["posted"] == 1
+
+
+async def test_the_cache_written_through_is_what_the_database_reads(ledger_factory: Any) -> None:
+    """After a posted micro-batch the cached account (grants, burn order, balances) equals a fresh read."""
+    from datetime import UTC, datetime, timedelta
+
+    from feint.credits.config import CreditsSettings
+
+    async with ledger_factory(CreditsSettings(sweeper_interval_seconds=0, cache="memory")) as ledger:
+        a, b = await ledger.account(), await ledger.account()
+        soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        await ledger.grant(a["id"], 5, priority=1, expires_at=soon)
+        await ledger.grant(a["id"], 20)
+        assert (await ledger.transfer(a["id"], b["id"], 7)).status_code == 201
+        cache, tenant = service_of(ledger.platform).cache, await _tenant(ledger, a["id"])
+        written = [await cache.get(tenant, UUID(x["id"])) for x in (a, b)]
+        assert all(entry is not None and not entry.tombstone for entry in written)  # written through
+        cached = [await ledger.balance(x["id"]) for x in (a, b)]
+        cache.forget()
+        fresh = [await ledger.balance(x["id"]) for x in (a, b)]
+        assert cached == fresh
+        assert [(g["remaining"], g["priority"]) for g in fresh[0]["grants"]] == [(18, 50)]
