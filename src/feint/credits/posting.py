@@ -55,6 +55,8 @@ def eligible(jobs: Sequence[Job]) -> bool:
         return False
     keys = set()
     for job in jobs:
+        if not job.batch and len(job.operations) != 1:
+            return False  # the call answers a micro-batch's jobs one operation each
         if not all(type(op) is PostTransfer for op in job.operations):
             return False
         if job.idempotency is not None:

@@ -138,6 +138,9 @@ async def test_idempotent_retry_and_client_ids_inside_a_micro_batch(ledger: Ledg
     # a repeated key in one micro-batch takes the general engine (it answers the second from the first)
     twice = [_job(_transfer(tenant, a["id"], b["id"], 1), "k-2", b"x") for _ in range(2)]
     assert not posting.eligible(twice)
+    pair = Job(tenant_id=tenant, operations=[*twice[0].operations, *twice[1].operations], mode=BatchMode.ATOMIC,
+               render=_render_one)  # fmt: skip
+    assert not posting.eligible([pair])  # not a batch: the call answers one operation per job
     both = await engine.run(twice)
     assert both.outcomes[1].replayed and both.outcomes[1].unwrap() == both.outcomes[0].unwrap()
     await _verified(ledger)
