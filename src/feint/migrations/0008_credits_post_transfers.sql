@@ -103,6 +103,7 @@ DECLARE
     nj integer := coalesce(cardinality(p_job_tenant), 0);
     moment timestamptz;
     moment_iso text;
+    moment_json text;
     batch uuid := gen_random_uuid();
     render boolean := p_mode IS NULL OR p_all;
     -- the locked accounts, in (tenant, id) order
@@ -153,6 +154,7 @@ BEGIN
                FOR UPDATE OF a) AS w;
     moment := clock_timestamp();  -- after the locks, as the Python path's clock
     moment_iso := credit_iso_utc(moment);
+    moment_json := credit_json_time(moment);
     na := coalesce(cardinality(a_id), 0);
     a_opening := a_posted;
     a_expired := array_fill(0::bigint, ARRAY[greatest(na, 1)]);
@@ -342,8 +344,12 @@ BEGIN
         r_debit_balance[i] := a_posted[d];
         r_credit_balance[i] := a_posted[c];
         IF render THEN  -- a batch answering failures only renders no transfer
-            r_json[i] := credit_transfer_json(p_id[i], 'transfer', p_debit[i], p_credit[i], amount, NULL, NULL,
-                                              a_posted[d], a_posted[c], p_metadata[i], moment);
+            -- credit_transfer_json inlined, with the clock's rendering computed once per call
+            r_json[i] := '{"id":"' || p_id[i] || '","kind":"transfer","debit_account_id":"' || p_debit[i]
+                         || '","credit_account_id":"' || p_credit[i] || '","amount":' || amount
+                         || ',"hold_id":null,"grant_id":null,"debit_balance":' || a_posted[d]
+                         || ',"credit_balance":' || a_posted[c] || ',"metadata":' || convert_from(p_metadata[i], 'UTF8')
+                         || ',"posted_at":' || moment_json || '}';
         END IF;
         r_record[i] := '{"amount":' || amount || ',"at":"' || moment_iso || '","credit":"' || p_credit[i]
                        || '","credit_balance":' || a_posted[c] || ',"debit":"' || p_debit[i] || '","debit_balance":'
