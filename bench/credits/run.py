@@ -331,6 +331,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=8, help="database connections per process")
     parser.add_argument("--pgbench-seconds", type=int, default=30)
     parser.add_argument("--skip-pgbench", action="store_true")
+    parser.add_argument(
+        "--python-rules",
+        action="store_true",
+        help="FEINT_CREDITS_POST_IN_DATABASE=false: every job through the rules in Python (the A/B of migration 0008)",
+    )
     args = parser.parse_args()
     load_before = load_average()
     with postgres() as admin_url, redis_server() as redis_url, scratch_database(admin_url, "feint_bench") as url:
@@ -338,7 +343,11 @@ def main() -> None:
         tenant = f"bench-{secrets.token_hex(3)}"
         writer, reader = api_key(url, tenant=tenant, scope="write"), api_key(url, tenant=tenant, scope="read")
         operator = api_key(url, tenant=None, scope="operator")
-        with services(url, redis_url, count=args.processes, workers=args.workers, pool=args.pool) as (bases, pids):
+        extra = {"FEINT_CREDITS_POST_IN_DATABASE": "false"} if args.python_rules else None
+        with services(url, redis_url, count=args.processes, workers=args.workers, pool=args.pool, extra_env=extra) as (
+            bases,
+            pids,
+        ):
             ids = asyncio.run(setup(bases, operator=operator, writer=writer, tenant=tenant, accounts=args.accounts))
             figures = asyncio.run(measure(args, bases, pids, url=url, writer=writer, reader=reader, ids=ids))
             hit_ratio = metric_sum(bases, "feint_credits_cache_hit_ratio") / len(bases)
@@ -361,7 +370,8 @@ def report(
     print(
         f"machine: {os.cpu_count()} cores, load average {load[0]} before, {load[1]} after the service figures, "
         f"{load[2]} after pgbench; {args.processes} x `feint serve credits --workers {args.workers}`, "
-        f"{args.accounts} accounts, database "
+        f"{args.accounts} accounts, {'rules in Python' if args.python_rules else 'transfers posted by the database'}, "
+        f"database "
         f"{'FEINT_DATABASE_URL' if os.environ.get('FEINT_DATABASE_URL') else 'embedded PostgreSQL 18'}"
     )
     print(

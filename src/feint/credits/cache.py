@@ -31,6 +31,7 @@ from feint.platform.cache import REDIS_TIMEOUT_SECONDS, CircuitBreaker
 MEMORY_ENTRIES_MAX = 100_000
 CLOCK_SKEW_SECONDS_MAX = 1.0  # application clocks may run this far behind the database's
 WRITE_THROUGH_KEYS_MAX = 8_192
+WRITE_THROUGH_ANSWERS_MAX = 64  # more changed accounts in a commit than this: tombstones, not rendered answers
 _BYPASS = object()  # the breaker is open: Redis was not asked
 _FAILED = object()  # Redis was asked and failed
 

@@ -40,6 +40,11 @@ class CreditsSettings(BaseSettings):
     micro_batch_workers: int = Field(
         2, gt=0, le=64, description="Transactions a process runs at once for single operations."
     )
+    post_in_database: bool = Field(
+        True,
+        description="Post transfers (micro-batches and transfer-only batches) with one server-side call "
+        "(migration 0008); false: every job through the rules in Python.",
+    )
 
 
 def load_credits_settings() -> CreditsSettings:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -28,19 +28,18 @@ import psycopg.errors
 import structlog
 from prometheus_client import Counter, Histogram
 
-from feint.credits import audit, rules
+from feint.credits import audit, posting, rules
 from feint.credits import book as book_rules
 from feint.credits.book import Book
 from feint.credits.errors import error_from_stored, stored_problem
+from feint.credits.jobs import Committed, Idempotency, Job, Outcome, Rendered, Results
 from feint.credits.models import (
     AccountKind,
-    Applied,
     BatchMode,
     CaptureHold,
     CreateAccount,
     ExpireHold,
     IssueGrant,
-    Operation,
     PlaceHold,
     PostTransfer,
     RecordPaymentMethod,
@@ -63,6 +62,8 @@ _RETRYABLE = (
     psycopg.errors.LockNotAvailable,
 )
 
+__all__ = ["Committed", "Engine", "Idempotency", "Job", "Outcome", "Rendered", "Results"]
+
 log = structlog.get_logger(component="feint.credits")
 TRANSACTIONS = Counter("feint_credits_transactions_total", "Ledger transactions by outcome.", ["outcome"])
 OPERATIONS = Counter("feint_credits_operations_total", "Ledger operations by result.", ["result"])
@@ -78,58 +79,9 @@ TRANSACTION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
-Results = list[Applied | FeintError]
-
 
 class _Conflict(Exception):
     """A conflict the database asks us to retry (deadlock, serialization failure, duplicate key)."""
-
-
-@dataclass(frozen=True)
-class Rendered:
-    status: int
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    key: str
-    request_hash: bytes
-
-
-@dataclass(frozen=True)
-class Job:
-    tenant_id: UUID
-    operations: Sequence[Operation]
-    mode: BatchMode
-    render: Callable[[Results, Book], Rendered]
-    idempotency: Idempotency | None = None
-    batch: bool = False  # answers a result per operation; a single operation's failure is its answer
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a job answered: a rendered success, or an error to raise; ``replayed`` from a stored key."""
-
-    rendered: Rendered | None = None
-    error: FeintError | None = None
-    replayed: bool = False
-
-    def unwrap(self) -> Rendered:
-        if self.error is not None:
-            raise self.error
-        if self.rendered is None:  # pragma: no cover - an outcome always holds one of the two
-            raise InvariantViolated("empty outcome")
-        return self.rendered
-
-
-@dataclass
-class Committed:
-    """A transaction's outcomes and the book it committed (for the cache)."""
-
-    outcomes: list[Outcome]
-    book: Book
-    loaded: Loaded | None = None
 
 
 @dataclass
@@ -202,9 +154,10 @@ def _render(job: Job, results: Results, book: Book) -> Outcome:
 class Engine:
     """Commits jobs; safe to call from many tasks and many processes at once."""
 
-    def __init__(self, db: Database, *, retention_seconds: int) -> None:
+    def __init__(self, db: Database, *, retention_seconds: int, post_in_database: bool = True) -> None:
         self.db = db
         self.retention_seconds = retention_seconds
+        self.post_in_database = post_in_database
 
     async def run(self, jobs: Sequence[Job]) -> Committed:
         """Commit ``jobs`` in one transaction, retrying when the database asks (deadlock, conflict).
@@ -226,6 +179,22 @@ class Engine:
         raise InvariantViolated(f"transaction failed {TRANSACTION_RETRIES_MAX} times on conflicts")
 
     async def _run_once(self, jobs: Sequence[Job]) -> Committed:
+        if self.post_in_database and posting.eligible(jobs):
+            started = time.perf_counter()
+            try:
+                committed, tally = await posting.run(self.db, jobs, retention_seconds=self.retention_seconds)
+            except posting.Fallback:
+                TRANSACTIONS.labels("fallback").inc()
+            except _RETRYABLE as exc:
+                raise _Conflict(type(exc).__name__) from exc
+            else:
+                TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+                TRANSACTIONS.labels("committed").inc()
+                OPERATIONS.labels("applied").inc(tally.applied)
+                OPERATIONS.labels("failed").inc(tally.failed)
+                OPERATIONS.labels("replayed").inc(tally.replayed)
+                BATCH_SIZE.labels("batch" if jobs[0].batch else "single").observe(sum(len(j.operations) for j in jobs))
+                return committed
         plan = _plan(jobs)
         async with self.db.connection() as conn:
             if plan.grant_accounts or plan.holds_to_find:

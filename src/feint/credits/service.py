@@ -22,7 +22,14 @@ from feint.credits import book as book_rules
 from feint.credits import schemas
 from feint.credits.batcher import MicroBatcher
 from feint.credits.book import Book
-from feint.credits.cache import BalanceCache, CachedAccount, MemoryBalanceCache, NoCache, RedisBalanceCache
+from feint.credits.cache import (
+    WRITE_THROUGH_ANSWERS_MAX,
+    BalanceCache,
+    CachedAccount,
+    MemoryBalanceCache,
+    NoCache,
+    RedisBalanceCache,
+)
 from feint.credits.config import CreditsSettings
 from feint.credits.engine import Engine, Idempotency, Job, Outcome, Rendered, Results
 from feint.credits.errors import AccountNotFound, HoldNotFound, PaymentMethodNotFound
@@ -55,7 +62,6 @@ from feint.platform.secrets import derive
 log = structlog.get_logger(component="feint.credits")
 EXTRAS_KEY = "credits"
 MASTER_KEY_PROVIDER_KEY = "master_key_provider"  # platform.extras hook for a KMS/Vault provider
-WRITE_THROUGH_ANSWERS_MAX = 64  # more changed accounts than this: tombstones, not rendered answers
 
 
 class Reply:
@@ -195,7 +201,11 @@ class Credits:
         self.platform = platform
         self.db = platform.db
         self.settings = settings
-        self.engine = Engine(platform.db, retention_seconds=settings.idempotency_retention_seconds)
+        self.engine = Engine(
+            platform.db,
+            retention_seconds=settings.idempotency_retention_seconds,
+            post_in_database=settings.post_in_database,
+        )
         self.cache = cache if cache is not None else build_cache(platform, settings)
         self.batcher = MicroBatcher(
             self._run, operations_max=settings.micro_batch_operations_max, workers=settings.micro_batch_workers
@@ -278,6 +288,7 @@ class Credits:
             render=_render_batch(mode, everything=everything),
             idempotency=idempotency,
             batch=True,
+            everything=everything,
         )
         return _reply((await self._run([job]))[0])
 

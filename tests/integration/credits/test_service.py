@@ -221,6 +221,8 @@ async def test_conflicts_are_retried_and_refusals_become_invariant_errors(
 
     from feint.credits.store import ledger as store
 
+    # The general engine's path (transfers are otherwise posted by the database: test_posting.py).
+    monkeypatch.setattr(service_of(ledger.platform).engine, "post_in_database", False)
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
     real_write = store.write_and_commit
@@ -274,6 +276,8 @@ async def test_engine_guards(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) ->
 
     def broken(book: Any, op: Any) -> Any:
         raise InvariantViolated("rule bug")
+
+    monkeypatch.setattr(service.engine, "post_in_database", False)  # the rules in Python
 
     monkeypatch.setattr(rules, "apply", broken)
     r = await ledger.client.post(

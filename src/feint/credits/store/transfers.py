@@ -1,0 +1,91 @@
+"""The database's own posting of transfers: one call of ``credit_post_transfers`` (migration 0008).
+
+The call is one statement on an autocommit connection, hence one transaction and one round trip:
+it takes the advisory locks, locks the accounts in (tenant, id) order, applies the transfers,
+writes transfers, grants, balances, idempotency records and audit entries, and answers. Nothing
+in Python runs while a row is locked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import tuple_row
+
+from feint.credits.models import PostTransfer
+from feint.platform.db import Conn
+
+FALLBACK_SQLSTATE = "FE001"  # a pending hold past its timeout on one of the accounts: use the general path
+INVARIANT_SQLSTATE = "FE002"  # an invariant failed before anything was written
+
+_CALL = """SELECT * FROM credit_post_transfers(
+    %b::bigint[], %b::uuid[], %b::uuid[], %b::uuid[], %b::uuid[], %b::bigint[], %b::bytea[], %b::boolean[],
+    %b::integer[], %b::integer[], %b::uuid[], %b::text[], %b::bytea[], %b::text, %b::boolean, %b::integer,
+    %b::integer)"""
+
+
+@dataclass(frozen=True)
+class JobKey:
+    tenant_id: UUID
+    key: str | None
+    request_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes | None
+    outcome: str  # applied | failed | replayed | reused
+
+
+@dataclass
+class Posted:
+    now: datetime
+    answers: list[Answer]
+    accounts: list[tuple[Any, ...]]  # the changed accounts' rows (see `account_row`)
+
+
+async def post_transfers(
+    conn: Conn,
+    *,
+    locks: Sequence[int],
+    ops: Sequence[PostTransfer],
+    previous: Sequence[int | None],
+    job_of: Sequence[int],
+    jobs: Sequence[JobKey],
+    mode: str | None,
+    everything: bool,
+    retention_seconds: int,
+    accounts_max: int,
+) -> Posted:
+    params = (
+        list(locks),
+        [op.tenant_id for op in ops],
+        [op.id for op in ops],
+        [op.debit_account_id for op in ops],
+        [op.credit_account_id for op in ops],
+        [op.amount for op in ops],
+        [op.metadata for op in ops],
+        [op.id_supplied for op in ops],
+        list(previous),
+        list(job_of),
+        [j.tenant_id for j in jobs],
+        [j.key for j in jobs],
+        [j.request_hash for j in jobs],
+        mode,
+        everything,
+        retention_seconds,
+        accounts_max,
+    )
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(_CALL, params, binary=True)
+    rows = await cur.fetchall()
+    answers = [Answer(r[2], None if r[3] is None else bytes(r[3]), r[4]) for r in rows if r[0] == "o"]
+    accounts = [r[6:] for r in rows if r[0] == "a"]
+    if not rows:  # pragma: no cover - the function always answers each job
+        raise RuntimeError("credit_post_transfers answered nothing")
+    return Posted(now=rows[0][5], answers=answers, accounts=accounts)
