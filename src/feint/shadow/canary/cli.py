@@ -181,6 +181,13 @@ def simulate(
     inconclusive_limit: Annotated[
         int, typer.Option(help="Inconclusive checks in a row before pausing.")
     ] = plans.INCONCLUSIVE_LIMIT_DEFAULT,
+    latency_guard: Annotated[
+        bool,
+        typer.Option(
+            help="Judge the p99 evaluation latency measured during the replay (turn off when this "
+            "machine's timings say nothing about the gateway's, e.g. a busy laptop)."
+        ),
+    ] = True,
 ) -> None:
     """Replay labelled traffic through the controller and the gateway's decision path; print JSON."""
     from feint.shadow.canary.replay import simulate_files
@@ -190,7 +197,7 @@ def simulate(
         interval_seconds=interval,
         failure_limit=failure_limit,
         inconclusive_limit=inconclusive_limit,
-        guards=DEFAULT_GUARDS,
+        guards=DEFAULT_GUARDS if latency_guard else tuple(g for g in DEFAULT_GUARDS if g.metric != "latency_p99"),
     )
     result = simulate_files(
         production=production, candidate=candidate, traffic=traffic, labels=labels, plan=plan, rate=rate
