@@ -37,7 +37,7 @@ test: install-dev
 ## lint: ruff and mypy --strict on src/
 lint: install-dev
 	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy --strict src/feint
 
 ## security: bandit static analysis of src/ (fails on any finding not skipped with a reason in pyproject.toml)

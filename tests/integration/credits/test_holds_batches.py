@@ -16,9 +16,17 @@ pytestmark = pytest.mark.integration
 
 
 async def place(ledger: Ledger, debit: str, credit: str, amount: int, timeout: int = 60, **extra: Any) -> Any:
-    return await ledger.client.post("/v1/holds", json={"debit_account_id": debit, "credit_account_id": credit,
-                                                       "amount": amount, "timeout_seconds": timeout, **extra},
-                                    headers=ledger.write)
+    return await ledger.client.post(
+        "/v1/holds",
+        json={
+            "debit_account_id": debit,
+            "credit_account_id": credit,
+            "amount": amount,
+            "timeout_seconds": timeout,
+            **extra,
+        },
+        headers=ledger.write,
+    )
 
 
 async def test_hold_capture_part_and_release_the_rest(ledger: Ledger) -> None:
@@ -110,17 +118,40 @@ async def test_atomic_batch_all_or_nothing(ledger: Ledger) -> None:
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
     hold = (await place(ledger, a["id"], b["id"], 4)).json()["id"]
-    ok = await ledger.client.post("/v1/batches", json={"mode": "atomic", "results": "all", "operations": [
-        transfer_op(a["id"], b["id"], 1),
-        {"op": "hold", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 2, "timeout_seconds": 9},
-        {"op": "capture", "hold_id": hold, "amount": 3},
-    ]}, headers=ledger.write)
+    ok = await ledger.client.post(
+        "/v1/batches",
+        json={
+            "mode": "atomic",
+            "results": "all",
+            "operations": [
+                transfer_op(a["id"], b["id"], 1),
+                {
+                    "op": "hold",
+                    "debit_account_id": a["id"],
+                    "credit_account_id": b["id"],
+                    "amount": 2,
+                    "timeout_seconds": 9,
+                },
+                {"op": "capture", "hold_id": hold, "amount": 3},
+            ],
+        },
+        headers=ledger.write,
+    )
     assert ok.status_code == 200, ok.text
     assert [r["status"] for r in ok.json()["results"]] == [201, 201, 200]
     before = await ledger.balance(a["id"])
-    failed = await ledger.client.post("/v1/batches", json={"mode": "atomic", "operations": [
-        transfer_op(a["id"], b["id"], 1), transfer_op(a["id"], b["id"], 1_000), transfer_op(a["id"], b["id"], 1),
-    ]}, headers=ledger.write)
+    failed = await ledger.client.post(
+        "/v1/batches",
+        json={
+            "mode": "atomic",
+            "operations": [
+                transfer_op(a["id"], b["id"], 1),
+                transfer_op(a["id"], b["id"], 1_000),
+                transfer_op(a["id"], b["id"], 1),
+            ],
+        },
+        headers=ledger.write,
+    )
     assert failed.status_code == 409
     assert (failed.json()["type"], failed.json()["operation_index"]) == ("/problems/insufficient-funds", 1)
     assert await ledger.balance(a["id"]) == before
@@ -130,10 +161,21 @@ async def test_independent_batch_answers_each_operation(ledger: Ledger) -> None:
     """Independent mode applies what it can and answers a result or a problem per operation."""
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
-    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "results": "all", "operations": [
-        transfer_op(a["id"], b["id"], 4), transfer_op(a["id"], b["id"], 40), transfer_op(a["id"], new_id(), 1),
-        {"op": "void", "hold_id": new_id()}, transfer_op(a["id"], b["id"], 4),
-    ]}, headers=ledger.write)
+    r = await ledger.client.post(
+        "/v1/batches",
+        json={
+            "mode": "independent",
+            "results": "all",
+            "operations": [
+                transfer_op(a["id"], b["id"], 4),
+                transfer_op(a["id"], b["id"], 40),
+                transfer_op(a["id"], new_id(), 1),
+                {"op": "void", "hold_id": new_id()},
+                transfer_op(a["id"], b["id"], 4),
+            ],
+        },
+        headers=ledger.write,
+    )
     assert r.status_code == 200
     results = r.json()["results"]
     assert [x["status"] for x in results] == [201, 409, 404, 404, 201]
@@ -145,9 +187,18 @@ async def test_batch_answers_only_failures_by_default(ledger: Ledger) -> None:
     """Without `results: all` the answer counts the operations and lists only the failed ones, by index."""
     a, b = await ledger.account(), await ledger.account()
     await ledger.grant(a["id"], 10)
-    r = await ledger.client.post("/v1/batches", json={"mode": "independent", "operations": [
-        transfer_op(a["id"], b["id"], 4), transfer_op(a["id"], b["id"], 40), transfer_op(a["id"], b["id"], 4),
-    ]}, headers=ledger.write)
+    r = await ledger.client.post(
+        "/v1/batches",
+        json={
+            "mode": "independent",
+            "operations": [
+                transfer_op(a["id"], b["id"], 4),
+                transfer_op(a["id"], b["id"], 40),
+                transfer_op(a["id"], b["id"], 4),
+            ],
+        },
+        headers=ledger.write,
+    )
     assert r.status_code == 200
     body = r.json()
     assert (body["mode"], body["operations"], body["failed"]) == ("independent", 3, 1)

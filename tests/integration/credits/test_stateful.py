@@ -123,8 +123,17 @@ class Ledger(RuleBasedStateMachine):
     @rule(account=accounts, amount=st.integers(1, 100), priority=st.integers(0, 2), expiry=st.sampled_from(EXPIRIES))
     def grant(self, account: str, amount: int, priority: int, expiry: timedelta | None) -> None:
         expires = None if expiry is None else datetime.now(UTC) + expiry + timedelta(microseconds=self.lots)
-        body = self.call(IssueGrant(tenant_id=self.tenant, id=uuid.uuid4(), transfer_id=uuid.uuid4(),
-                                    account_id=uuid.UUID(account), amount=amount, priority=priority, expires_at=expires))
+        body = self.call(
+            IssueGrant(
+                tenant_id=self.tenant,
+                id=uuid.uuid4(),
+                transfer_id=uuid.uuid4(),
+                account_id=uuid.UUID(account),
+                amount=amount,
+                priority=priority,
+                expires_at=expires,
+            )
+        )
         self.lots += 1
         target = self.model[account]
         target.posted += amount
@@ -145,8 +154,13 @@ class Ledger(RuleBasedStateMachine):
 
     @rule(debit=accounts, credit=accounts, amount=st.integers(1, 150), keyed=st.booleans())
     def transfer(self, debit: str, credit: str, amount: int, keyed: bool) -> None:
-        op = PostTransfer(tenant_id=self.tenant, id=uuid.uuid4(), debit_account_id=uuid.UUID(debit),
-                          credit_account_id=uuid.UUID(credit), amount=amount)
+        op = PostTransfer(
+            tenant_id=self.tenant,
+            id=uuid.uuid4(),
+            debit_account_id=uuid.UUID(debit),
+            credit_account_id=uuid.UUID(credit),
+            amount=amount,
+        )
         key = Idempotency(uuid.uuid4().hex, uuid.uuid4().bytes) if keyed else None
         result = self.call(op, key)
         if self._expect_spend(debit, credit, amount, result):
@@ -162,14 +176,28 @@ class Ledger(RuleBasedStateMachine):
         if self.last_keyed is None:
             return
         op, key, first = self.last_keyed
-        again = self.call(PostTransfer(tenant_id=op.tenant_id, id=uuid.uuid4(), debit_account_id=op.debit_account_id,
-                                       credit_account_id=op.credit_account_id, amount=op.amount), key)
+        again = self.call(
+            PostTransfer(
+                tenant_id=op.tenant_id,
+                id=uuid.uuid4(),
+                debit_account_id=op.debit_account_id,
+                credit_account_id=op.credit_account_id,
+                amount=op.amount,
+            ),
+            key,
+        )
         assert (again if isinstance(again, dict) else again.slug) == first
 
     @rule(target=holds, debit=accounts, credit=accounts, amount=st.integers(1, 100))
     def hold(self, debit: str, credit: str, amount: int) -> str:
-        op = PlaceHold(tenant_id=self.tenant, id=uuid.uuid4(), debit_account_id=uuid.UUID(debit),
-                       credit_account_id=uuid.UUID(credit), amount=amount, timeout_seconds=3600)
+        op = PlaceHold(
+            tenant_id=self.tenant,
+            id=uuid.uuid4(),
+            debit_account_id=uuid.UUID(debit),
+            credit_account_id=uuid.UUID(credit),
+            amount=amount,
+            timeout_seconds=3600,
+        )
         result = self.call(op)
         if self._expect_spend(debit, credit, amount, result):
             parts = self.model[debit].take(amount, hold=True)
@@ -189,8 +217,9 @@ class Ledger(RuleBasedStateMachine):
 
     @rule(hold_id=holds, part=st.none() | st.integers(1, 120))
     def capture(self, hold_id: str, part: int | None) -> None:
-        result = self.call(CaptureHold(tenant_id=self.tenant, hold_id=uuid.UUID(hold_id), transfer_id=uuid.uuid4(),
-                                       amount=part))
+        result = self.call(
+            CaptureHold(tenant_id=self.tenant, hold_id=uuid.UUID(hold_id), transfer_id=uuid.uuid4(), amount=part)
+        )
         hold = self.model_holds.get(hold_id)
         if hold is None:
             assert isinstance(result, FeintError) and result.slug == "hold-not-found"
@@ -219,15 +248,30 @@ class Ledger(RuleBasedStateMachine):
         self._release(hold, 0)
         hold.state = "voided"
 
-    @rule(debit=accounts, credit=accounts, amounts=st.lists(st.integers(1, 60), min_size=1, max_size=4),
-          atomic=st.booleans())
+    @rule(
+        debit=accounts,
+        credit=accounts,
+        amounts=st.lists(st.integers(1, 60), min_size=1, max_size=4),
+        atomic=st.booleans(),
+    )
     def batch(self, debit: str, credit: str, amounts: list[int], atomic: bool) -> None:
-        ops = [PostTransfer(tenant_id=self.tenant, id=uuid.uuid4(), debit_account_id=uuid.UUID(debit),
-                            credit_account_id=uuid.UUID(credit), amount=a) for a in amounts]
+        ops = [
+            PostTransfer(
+                tenant_id=self.tenant,
+                id=uuid.uuid4(),
+                debit_account_id=uuid.UUID(debit),
+                credit_account_id=uuid.UUID(credit),
+                amount=a,
+            )
+            for a in amounts
+        ]
         mode = BatchMode.ATOMIC if atomic else BatchMode.INDEPENDENT
         try:
-            reply = orjson.loads(self.run(self.service.batch(ops, tenant_id=self.tenant, mode=mode,
-                                                             idempotency=None, everything=True)).body)
+            reply = orjson.loads(
+                self.run(
+                    self.service.batch(ops, tenant_id=self.tenant, mode=mode, idempotency=None, everything=True)
+                ).body
+            )
         except FeintError as exc:
             failed: FeintError | None = exc
         else:
@@ -248,7 +292,10 @@ class Ledger(RuleBasedStateMachine):
         for account_id, expected in self.model.items():
             body = orjson.loads(self.run(self.service.account(tenant_id=self.tenant, account_id=uuid.UUID(account_id))))
             assert (body["posted"], body["pending"], body["available"]) == (
-                expected.posted, expected.pending, expected.available()), account_id
+                expected.posted,
+                expected.pending,
+                expected.available(),
+            ), account_id
             grants = {g["id"]: (g["remaining"], g["held"]) for g in body["grants"]}
             lots = {lot.id: (lot.remaining, lot.held) for lot in expected.lots if lot.remaining or lot.held}
             assert grants == lots
@@ -256,8 +303,9 @@ class Ledger(RuleBasedStateMachine):
 
     async def _tenant_sum(self) -> int:
         async with self.service.db.connection() as conn:
-            cur = await conn.execute("SELECT coalesce(sum(posted), 0) AS s FROM credit_accounts WHERE tenant_id = %s",
-                                     (self.tenant,))
+            cur = await conn.execute(
+                "SELECT coalesce(sum(posted), 0) AS s FROM credit_accounts WHERE tenant_id = %s", (self.tenant,)
+            )
             row = await cur.fetchone()
         return int(row["s"]) if row else 0
 
@@ -280,13 +328,19 @@ def test_service_matches_the_model(clean_db: str, make_settings: Callable[..., S
         return Ledger(run, service, tenant)
 
     try:
-        run_state_machine_as_test(machine, settings=settings(
-            max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)))
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+            ),
+        )
         with psycopg.connect(clean_db) as conn:
-            unbalanced = conn.execute("SELECT tenant_id, sum(posted) FROM credit_accounts GROUP BY 1 "
-                                      "HAVING sum(posted) <> 0").fetchall()
-            negative = conn.execute("SELECT count(*) FROM credit_accounts WHERE no_overdraft AND "
-                                    "posted - pending < 0").fetchone()
+            unbalanced = conn.execute(
+                "SELECT tenant_id, sum(posted) FROM credit_accounts GROUP BY 1 HAVING sum(posted) <> 0"
+            ).fetchall()
+            negative = conn.execute(
+                "SELECT count(*) FROM credit_accounts WHERE no_overdraft AND posted - pending < 0"
+            ).fetchone()
         assert unbalanced == [] and negative == (0,)
     finally:
         run(service.stop())
