@@ -2,8 +2,8 @@
 
 Generation is vectorised (Arrow string kernels over the 110,000 pool requests, then one
 ``binary_join_element_wise`` per million lines) and cached between runs under
-``FEINT_BENCH_CACHE`` (default ``$XDG_CACHE_HOME/feint-bench`` or ``~/.cache/feint-bench``), keyed by
-the line count, the seed and ``GENERATOR_VERSION``.
+``run.py --cache`` (default ``$XDG_CACHE_HOME/feint-bench`` or ``~/.cache/feint-bench``), keyed by the
+line count, the seed and ``GENERATOR_VERSION``.
 
 Each line is ``ip - - [time] "request line" status bytes "referer" "agent"`` as nginx writes it
 with ``log_format combined`` (escape=default: ``"``, ``\\`` and bytes outside 32-126 as ``\\xHH``;
@@ -35,11 +35,8 @@ START = np.datetime64("2026-01-01T00:00:00", "s")
 
 
 def cache_dir() -> Path:
-    configured = os.environ.get("FEINT_BENCH_CACHE")
-    if configured:
-        return Path(configured)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "feint-bench"
+    """Where generated logs are kept between runs (``run.py --cache`` chooses another)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "feint-bench"
 
 
 def nginx_escape(text: str | None) -> str:
@@ -116,10 +113,10 @@ def gzip_file(source: Path, target: Path) -> None:
 
 
 def cached_log(
-    *, lines: int, seed: int, attack_share: float, pool: Callable[[], tuple[pa.Table, np.ndarray]]
+    *, lines: int, seed: int, attack_share: float, pool: Callable[[], tuple[pa.Table, np.ndarray]], cache: Path
 ) -> tuple[Path, Path, Path]:
     """The plain log, its gzip and the per-line labels (``.npy``), generated once per key."""
-    folder = cache_dir() / f"combined-v{GENERATOR_VERSION}-{lines}-s{seed}-a{attack_share}"
+    folder = cache / f"combined-v{GENERATOR_VERSION}-{lines}-s{seed}-a{attack_share}"
     plain, packed, labels = folder / "access.log", folder / "access.log.gz", folder / "labels.npy"
     if plain.exists() and packed.exists() and labels.exists():
         return plain, packed, labels

@@ -69,7 +69,7 @@ def bound(log: Path) -> tuple[int, float]:
     connection = duckdb.connect()
     try:
         started = time.perf_counter()
-        rows, matched = connection.sql(query).fetchone() or (0, 0)
+        ((rows, matched),) = connection.sql(query).fetchall()
         seconds = time.perf_counter() - started
     finally:
         connection.close()

@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--raw-lines", type=int, default=10_000_000, help="lines of the raw log (0: skip)")
     parser.add_argument("--no-raw-evaluate", action="store_true", help="raw log: bound and ingest only")
+    parser.add_argument("--cache", type=Path, default=logs.cache_dir(), help="where generated logs are kept")
     parser.add_argument("--child", nargs=3, metavar=("TRAFFIC", "LABELS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--raw-child", nargs=3, metavar=("LOG", "LABELS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,12 +145,14 @@ def main() -> None:
     if rows:
         parquet_benchmark(rows, args.seed, args.threads)
     if args.raw_lines:
-        raw_benchmark(args.raw_lines, args.seed, args.threads, evaluate=not args.no_raw_evaluate)
+        raw_benchmark(args.raw_lines, args.seed, args.threads, evaluate=not args.no_raw_evaluate, cache=args.cache)
 
 
-def raw_benchmark(lines: int, seed: int, threads: int | None, *, evaluate: bool) -> None:
+def raw_benchmark(lines: int, seed: int, threads: int | None, *, evaluate: bool, cache: Path) -> None:
     started = time.perf_counter()
-    plain, packed, marks = logs.cached_log(lines=lines, seed=seed, attack_share=ATTACK_SHARE, pool=lambda: _pool(seed))
+    plain, packed, marks = logs.cached_log(
+        lines=lines, seed=seed, attack_share=ATTACK_SHARE, pool=lambda: _pool(seed), cache=cache
+    )
     labels = raw.labels_csv(marks, seed=seed)
     print(f"== raw log: {lines:,} distinct nginx combined lines ({plain.parent}, ready in "
           f"{time.perf_counter() - started:.1f} s)")  # fmt: skip
