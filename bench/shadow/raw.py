@@ -42,7 +42,10 @@ def labels_csv(marks: Path, *, seed: int) -> Path:
     keep = np.random.default_rng(seed + 1).random(len(attack)) >= UNLABELED_SHARE
     ids = pa.array(np.flatnonzero(keep) + 1).cast(pa.string())
     partial = out.with_suffix(".partial")
-    pacsv.write_csv(pa.table({"id": ids, "label": pa.array(attack[keep])}), partial)
+    with pa.OSFile(str(partial), "wb") as stream:
+        stream.write(b"id,label\n")  # Arrow quotes the names of a header it writes
+        table = pa.table({"id": ids, "label": pa.array(attack[keep])})
+        pacsv.write_csv(table, stream, pacsv.WriteOptions(include_header=False, quoting_style="none"))
     partial.replace(out)
     return out
 
