@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -55,8 +56,13 @@ def load() -> str:
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
-def bound(log: Path) -> tuple[int, float]:
-    """Rows and seconds of one regexp_extract query over the file's lines."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bound(log: Path) -> tuple[int, float, float]:
+    """Rows, seconds and CPU-seconds of one regexp_extract query over the file's lines."""
     import duckdb
 
     from feint.shadow.ingest.fast import COMBINED_PATTERN
@@ -71,18 +77,18 @@ def bound(log: Path) -> tuple[int, float]:
     """
     connection = duckdb.connect()
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         ((rows, matched),) = connection.sql(query).fetchall()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     finally:
         connection.close()
     if matched != rows:
         raise RuntimeError(f"the bound matched {matched} of {rows} lines")
-    return int(rows), seconds
+    return int(rows), seconds, cpu
 
 
-def child(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GiB) and stdout of a child process."""
+def child(command: list[str]) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (GiB), stdout and CPU-seconds of a child process."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     output = process.stdout.read() if process.stdout else b""
@@ -91,7 +97,7 @@ def child(command: list[str]) -> tuple[float, float, str]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-    return wall, usage.ru_maxrss / 2**20, output.decode()
+    return wall, usage.ru_maxrss / 2**20, output.decode(), usage.ru_utime + usage.ru_stime
 
 
 def evaluate_child(traffic: Path, labels: Path, out: Path, threads: int | None) -> None:
@@ -126,34 +132,33 @@ def run(logs: list[Path], labels: Path, scratch: Path, *, threads: int | None, e
     results = []
     for log in logs:
         print(f"-- {log.name} ({log.stat().st_size / 2**20:,.0f} MiB); {load()}", flush=True)
-        rows, bound_seconds = bound(log)
-        print(
-            f"bound (DuckDB regexp_extract)  {rows / bound_seconds:>12,.0f} lines/s  ({bound_seconds:.1f} s)",
-            flush=True,
-        )
+        rows, bound_seconds, bound_cpu = bound(log)
+        print(f"bound (DuckDB regexp_extract)  {rows / bound_seconds:>12,.0f} lines/s  ({bound_seconds:.1f} s, "
+              f"{bound_cpu:.1f} CPU-s)", flush=True)  # fmt: skip
         command = [feint, "shadow", "ingest", str(log), "--out", str(scratch / "traffic.parquet")]
         if threads:
             command += ["--threads", str(threads)]
-        wall, rss, output = child(command)
+        wall, rss, output, cpu = child(command)
         report = json.loads(output)
         if report["rows"] + report["malformed"] != rows:
             raise RuntimeError(f"ingest read {report['rows']} + {report['malformed']} of {rows} lines")
         result = {"log": log.name, "lines": rows, "bound_seconds": bound_seconds, "ingest_seconds": wall,
                   "ingest_rss_gib": rss, "malformed": report["malformed"]}  # fmt: skip
-        print(f"ingest (feint shadow ingest)   {rows / wall:>12,.0f} lines/s  ({wall:.1f} s, peak RSS {rss:.2f} GiB, "
-              f"{report['malformed']} malformed)", flush=True)  # fmt: skip
-        print(f"ratio ingest / bound           {bound_seconds / wall:>12.2f}", flush=True)
+        print(f"ingest (feint shadow ingest)   {rows / wall:>12,.0f} lines/s  ({wall:.1f} s with the CLI's start-up, "
+              f"{cpu:.1f} CPU-s, peak RSS {rss:.2f} GiB, {report['malformed']} malformed)", flush=True)  # fmt: skip
+        print(f"ratio ingest / bound           {bound_seconds / wall:>12.2f}  (of CPU-seconds: {bound_cpu / cpu:.2f})",
+              flush=True)  # fmt: skip
         (scratch / "traffic.parquet").unlink()
         if evaluate:
             command = [sys.executable, script, "--raw-child", str(log), str(labels), str(scratch)]
             if threads:
                 command += ["--threads", str(threads)]
-            wall, rss, output = child(command)
+            wall, rss, output, cpu = child(command)
             summary = json.loads(output.strip().splitlines()[-1])
             result |= {"evaluate_seconds": wall, "evaluate_rss_gib": rss, **summary}
             print(f"evaluate from the raw log      {wall:>12.1f} s  (in-process {summary['seconds']:.1f} s, "
-                  f"{summary['rows'] / wall:,.0f} rows/s, peak RSS {rss:.2f} GiB; {summary['decision']}, "
-                  f"F1 {summary['f1'][0]} / {summary['f1'][1]})", flush=True)  # fmt: skip
+                  f"{cpu:.0f} CPU-s, {summary['rows'] / wall:,.0f} rows/s, peak RSS {rss:.2f} GiB; "
+                  f"{summary['decision']}, F1 {summary['f1'][0]} / {summary['f1'][1]})", flush=True)  # fmt: skip
         results.append(result)
     print(f"-- after: {load()}", flush=True)
     return results
