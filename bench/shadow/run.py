@@ -1,8 +1,14 @@
-"""Shadow evaluation benchmark: production vs candidate over 1M (or 10M) labeled requests.
+"""Shadow evaluation benchmark: production vs candidate over 1M (or 10M) labeled requests, from
+a Parquet dataset and from a raw nginx log of 10M distinct lines (plain and gzip).
 
-    .venv/bin/python bench/shadow/run.py              # 1,000,000 requests
+    .venv/bin/python bench/shadow/run.py              # 1,000,000 requests, then the 10M raw log
     .venv/bin/python bench/shadow/run.py --ten-million
-    .venv/bin/python bench/shadow/run.py --rows 200000 --threads 2
+    .venv/bin/python bench/shadow/run.py --rows 200000 --threads 2 --raw-lines 1000000
+    .venv/bin/python bench/shadow/run.py --rows 0     # the raw-log part alone
+    .venv/bin/python bench/shadow/run.py --raw-lines 0   # the Parquet part alone
+
+The raw-log part (``raw.py``, ``logs.py``) prints ingest lines/s, the DuckDB bound and their ratio,
+and the end-to-end evaluation's wall time and peak RSS; the log is generated once and cached.
 
 Traffic: benign browsing of a shop (synth.benign) and attacks drawn from the OWASP CRS regression
 requests and from requests built to fire the shared SigmaHQ rules (synth.witness), about one in
@@ -35,6 +41,9 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
+
+import logs  # noqa: E402  # bench/shadow, first on sys.path when run as a script
+import raw  # noqa: E402
 
 from feint.shadow import synth  # noqa: E402
 from feint.shadow.crs import load_crs  # noqa: E402
@@ -120,12 +129,40 @@ def main() -> None:
     parser.add_argument("--ten-million", action="store_true", help="10,000,000 requests")
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: every core)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--raw-lines", type=int, default=10_000_000, help="lines of the raw log (0: skip)")
+    parser.add_argument("--no-raw-evaluate", action="store_true", help="raw log: bound and ingest only")
+    parser.add_argument("--cache", type=Path, default=logs.cache_dir(), help="where generated logs are kept")
     parser.add_argument("--child", nargs=3, metavar=("TRAFFIC", "LABELS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--raw-child", nargs=3, metavar=("LOG", "LABELS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         evaluate_child(Path(args.child[0]), Path(args.child[1]), Path(args.child[2]), args.threads)
         return
+    if args.raw_child:
+        raw.evaluate_child(Path(args.raw_child[0]), Path(args.raw_child[1]), Path(args.raw_child[2]), args.threads)
+        return
     rows = 10_000_000 if args.ten_million else args.rows
+    if rows:
+        parquet_benchmark(rows, args.seed, args.threads)
+    if args.raw_lines:
+        raw_benchmark(args.raw_lines, args.seed, args.threads, evaluate=not args.no_raw_evaluate, cache=args.cache)
+
+
+def raw_benchmark(lines: int, seed: int, threads: int | None, *, evaluate: bool, cache: Path) -> None:
+    started = time.perf_counter()
+    plain, packed, marks = logs.cached_log(
+        lines=lines, seed=seed, attack_share=ATTACK_SHARE, pool=lambda: _pool(seed), cache=cache
+    )
+    labels = raw.labels_csv(marks, seed=seed)
+    print(f"== raw log: {lines:,} distinct nginx combined lines ({plain.parent}, ready in "
+          f"{time.perf_counter() - started:.1f} s)")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="feint-bench-raw-") as scratch:
+        raw.run([plain, packed], labels, Path(scratch), threads=threads, evaluate=evaluate)
+
+
+def parquet_benchmark(rows: int, seed: int, threads: int | None) -> None:
+    args = argparse.Namespace(seed=seed, threads=threads)
+    print(f"== Parquet dataset: {rows:,} requests")
     with tempfile.TemporaryDirectory(prefix="feint-bench-") as scratch:
         folder = Path(scratch)
         started = time.perf_counter()

@@ -72,3 +72,36 @@ def test_ingest(tmp_path: Path) -> None:
     result = runner.invoke(shadow_app, ["ingest", str(letter), "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code == 2
     assert "none of the first" in result.output
+
+
+def test_ingest_globs_and_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A glob over rotated and gzipped logs makes one dataset with '<file>:<line>' ids; the progress
+    bar shows lines and lines/s."""
+    import gzip
+    import io
+
+    from rich.console import Console
+
+    from feint.shadow.cli import _ingest_meter, _ingest_progress
+    from feint.shadow.ingest import ingest
+    from feint.shadow.ingest.dataset import read_records
+
+    (tmp_path / "access.log").write_text(LOG * 2)
+    (tmp_path / "access.log.1").write_text(LOG)
+    (tmp_path / "access.log.2.gz").write_bytes(gzip.compress(LOG.encode() * 3))
+    out = tmp_path / "d.parquet"
+    result = runner.invoke(shadow_app, ["ingest", str(tmp_path / "access.log*"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ids = [record.id for record in read_records(out)]
+    assert ids == ["access.log:1", "access.log:2", "access.log.1:1", "access.log.2.gz:1", "access.log.2.gz:2",
+                   "access.log.2.gz:3"]  # fmt: skip
+    monkeypatch.setattr("feint.shadow.ingest.pipeline._Meter.INTERVAL_SECONDS", 0.0)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160)
+    with _ingest_progress(console) as bar:
+        ingest([tmp_path / "access.log*"], tmp_path / "e.parquet", on_progress=_ingest_meter(bar))
+        bar.refresh()
+        shown = screen.getvalue()
+    assert "importing" in shown
+    assert "lines/s" in shown
+    assert "6 lines" in shown

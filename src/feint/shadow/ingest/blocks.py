@@ -2,20 +2,23 @@
 
 The reference reader (``reference._lines``) takes one ``readline`` per line; this one reads
 ``BLOCK_BYTES`` at a time (decompressed, for gzip), cuts at the last newline, and splits the block
-into an Arrow array of lines in C. The lines are exactly the reference's: split at ``\\n`` only; a
+into an Arrow array of lines without copying them (the newlines are found by numpy, the array's
+offsets point into the block's bytes). The lines are exactly the reference's: split at ``\\n`` only; a
 last line without a newline counts; a line whose content passes ``LINE_BYTES_MAX`` is *long*: it is
 numbered and reported, its bytes are never held (a 10 GB line costs one block of memory). Each line
-in a block keeps its bytes as read, without the ``\\n``; stripping trailing ``\\r`` is the parser's.
+in a block keeps its bytes as read, *with* its ``\\n`` (the last line of a file may have none);
+stripping the trailing ``\\r`` and ``\\n`` is the parser's (``line_text``).
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,6 +27,9 @@ from feint.shadow.ingest.reference import GZIP_MAGIC, LINE_BYTES_MAX
 # Bytes of text per block: large enough that DuckDB's threads each get many rows of it, small
 # enough that a block, its lines and the parsed columns stay within ~0.5 GB.
 BLOCK_BYTES: Final = 48 << 20
+# Bytes compared at a time when looking for newlines: the comparison's scratch stays in cache.
+_SCAN_BYTES: Final = 1 << 20
+_NEWLINE: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,30 +74,43 @@ class _Source:
             self._raw.close()
 
 
-def _split(text: bytes) -> pa.BinaryArray:
-    """The lines of ``text``, which ends with a newline (or is the file's unterminated tail)."""
-    if text.endswith(b"\n"):
-        text = text[:-1]
-    lines = pc.split_pattern(pa.array([text], pa.binary()), pattern=b"\n").flatten()
-    if not isinstance(lines, pa.BinaryArray):  # pragma: no cover - Arrow's split keeps the type
-        raise TypeError(f"split gave {lines.type}")
-    return lines
+def _newlines(data: np.ndarray) -> np.ndarray:
+    """Positions of the ``\\n`` bytes of ``data``."""
+    scratch = np.empty(min(len(data), _SCAN_BYTES), dtype=np.bool_)
+    found = [np.empty(0, dtype=np.int64)]
+    for start in range(0, len(data), _SCAN_BYTES):
+        part = data[start : start + _SCAN_BYTES]
+        hits = scratch[: len(part)]
+        np.equal(part, _NEWLINE, out=hits)
+        found.append(np.flatnonzero(hits) + start)
+    return np.concatenate(found)
 
 
-def _with_long(lines: pa.BinaryArray, leading_long: int) -> tuple[pa.BinaryArray, tuple[int, ...]]:
-    """Lines over the limit blanked and their positions; ``leading_long`` long lines come first."""
-    too_long = pc.greater(pc.binary_length(lines), LINE_BYTES_MAX)
-    positions = tuple(range(leading_long))
-    if pc.any(too_long).as_py():
-        found = pc.indices_nonzero(too_long).to_pylist()
-        lines = pc.if_else(too_long, pa.scalar(b"", pa.binary()), lines)
-        positions += tuple(leading_long + index for index in found)
-    if leading_long:
-        lines = pa.concat_arrays([pa.array([b""] * leading_long, pa.binary()), lines])
-    return lines, positions
+def _split(text: bytes, leading_long: int) -> tuple[pa.BinaryArray, tuple[int, ...]]:
+    """The lines of ``text`` (which ends with a newline, or is the file's unterminated tail), each
+    with its newline, and the positions of the long ones (blanked); ``leading_long`` long lines
+    that ended before ``text`` come first, blank."""
+    if len(text) >= 2**31:  # pragma: no cover - BLOCK_BYTES is far below; Arrow's offsets are 32-bit
+        raise ValueError("block too large")
+    ends = _newlines(np.frombuffer(text, dtype=np.uint8))
+    tail = bool(text) and not text.endswith(b"\n")
+    count = leading_long + len(ends) + tail
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    offsets[leading_long + 1 : leading_long + 1 + len(ends)] = ends + 1
+    if tail:
+        offsets[-1] = len(text)
+    lines = pa.BinaryArray.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+    content = np.diff(offsets)
+    content[leading_long : leading_long + len(ends)] -= 1  # the newline is not content
+    found = np.flatnonzero(content > LINE_BYTES_MAX)
+    if len(found):
+        too_long = np.zeros(count, dtype=np.bool_)
+        too_long[found] = True
+        lines = pc.if_else(pa.array(too_long), pa.scalar(b"", pa.binary()), lines)
+    return lines, tuple(range(leading_long)) + tuple(int(index) for index in found)
 
 
-def read_blocks(path: Path, *, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
+def read_blocks(path: Path, *, block_bytes: int = BLOCK_BYTES) -> Generator[Block, None, None]:
     """The file's lines in blocks; raises what the file system or the decompressor raises."""
     source = _Source(path)
     try:
@@ -118,7 +137,7 @@ def _blocks(source: _Source, block_bytes: int) -> Iterator[Block]:
                 continue
         if ended:
             if rest or pending_long:
-                lines, long = _with_long(_split(rest) if rest else pa.array([], pa.binary()), pending_long)
+                lines, long = _split(rest, pending_long)
                 yield Block(number, lines, long, source.position())
             return
         text = rest + data
@@ -132,7 +151,7 @@ def _blocks(source: _Source, block_bytes: int) -> Iterator[Block]:
         rest = text[cut:]
         if len(rest) > LINE_BYTES_MAX:
             rest, skipping = b"", True
-        lines, long = _with_long(_split(text[:cut]), pending_long)
+        lines, long = _split(text[:cut], pending_long)
         pending_long = 0
         yield Block(number, lines, long, source.position())
         number += len(lines)

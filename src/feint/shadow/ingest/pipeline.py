@@ -46,6 +46,7 @@ from feint.shadow.ingest.reference import (
     parse_line,
     probe,
 )
+from feint.shadow.ingest.stages import WriteBehind, read_ahead
 from feint.shadow.record import RequestRecord, clean_text
 
 # DuckDB's memory while parsing a block: the block's lines and columns, far below this.
@@ -120,9 +121,15 @@ def ingest(
         connection.execute(f"SET threads = {int(threads)}").fetchall()
     try:
         with pq.ParquetWriter(temporary, SCHEMA, compression="zstd") as writer:
-            for path, prefix in zip(files, _prefixes(files), strict=True):
-                _ingest_file(connection, path, prefix, writer, report, meter)
-                meter.file_done(_size(path))
+            behind = WriteBehind(writer)
+            try:
+                for path, prefix in zip(files, _prefixes(files), strict=True):
+                    _ingest_file(connection, path, prefix, behind, report, meter)
+                    meter.file_done(_size(path))
+            except BaseException:
+                behind.abandon()
+                raise
+            behind.close()
             if report.rows == 0:
                 writer.write_table(SCHEMA.empty_table())
         temporary.replace(out)
@@ -185,11 +192,11 @@ def _head(blocks: Iterator[Block]) -> tuple[list[Block], list[tuple[int, bytes |
 
 
 def _ingest_file(
-    connection: duckdb.DuckDBPyConnection, path: Path, prefix: str, writer: pq.ParquetWriter,
+    connection: duckdb.DuckDBPyConnection, path: Path, prefix: str, writer: WriteBehind,
     report: IngestReport, meter: _Meter,
 ) -> None:  # fmt: skip
+    blocks = read_ahead(read_blocks(path, block_bytes=BLOCK_BYTES))
     try:
-        blocks = read_blocks(path, block_bytes=BLOCK_BYTES)
         taken, head = _head(blocks)
         kind = probe(path, head)
         report.formats[str(path)] = kind
@@ -197,11 +204,13 @@ def _ingest_file(
         for block in chain(taken, blocks):
             table = _block(connection, parser, block, path, prefix, report)
             if table.num_rows:
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                writer.write(table)
             report.rows += table.num_rows
             meter.block(len(block.lines), table.num_rows, block.position)
     except (OSError, EOFError, zlib.error) as exc:
         raise TrafficFormatInvalid(f"unreadable: {exc}", path=str(path)) from exc
+    finally:
+        blocks.close()
 
 
 _Parser = Callable[[duckdb.DuckDBPyConnection, Block, str], fast.Parsed]

@@ -24,8 +24,11 @@ QUOTED_PIECES = [
     b"\\xff", b"\\xZZ", b"\\", b"\\x0A", b"\\x0a", b"\"", b"\xc3\xa9", b"\xff", b"\xe2\x82", b"\x00", b"\t", b"\x0b",
     b"\r", b"-", b"\xf0\x9f\x98\x80", b"%00", b"'", b"\\u00e9", b"]",
 ]  # fmt: skip
+# Addresses and user names: valid and odd ones, and characters that sit next to the cuts of the
+# vectorised reading of clean lines (quotes, brackets, tabs, vertical tabs).
 IPS = [b"203.0.113.9", b"2001:DB8::1", b"2001:db8:0:0:0:0:0:1", b"::FFFF:1.2.3.4", b"-", b"01.2.3.4", b"fe80::1%eth0",
-       b"x", b"1.2.3.4.5", b"::", b"\xff\xfe", b"\xc3\xa9", b"[::1]"]  # fmt: skip
+       b"x", b"1.2.3.4.5", b"::", b"\xff\xfe", b"\xc3\xa9", b"[::1]", b'a"b', b"1.2.3.4]", b"[", b"\x0b1.2.3.4"]  # fmt: skip
+USERS = [b"-", b"alice", b'"', b"[x", b"]", b"a\tb", b"\x0b", b"a b", b""]
 MONTHS = [b"Jan", b"Feb", b"Oct", b"Dec", b"oct", b"OCT", b"Foo", b"Sept"]
 
 
@@ -64,11 +67,12 @@ def combined_line(draw: st.DrawFn) -> bytes:
         request = method + b" /" + request + version
     status = draw(st.sampled_from([b"200", b"-", b"99", b"1000", b"abc", b"0"]))
     size = draw(st.sampled_from([b"123", b"-", b"", b"x"]))
-    line = b"%s - %s [%s] \"%s\" %s %s" % (ip, draw(st.sampled_from([b"-", b"alice"])), draw(clf_time()), request,
+    line = b"%s - %s [%s] \"%s\" %s %s" % (ip, draw(st.sampled_from(USERS)), draw(clf_time()), request,
                                           status, size)  # fmt: skip
     if draw(st.booleans()):
         line += b' "%s" "%s"' % (draw(quoted()), draw(quoted()))
-    return line + draw(st.sampled_from([b"", b"", b' "-"', b" extra", b"\r", b"\r\r", b"\x0b", b" \\"]))
+    return line + draw(st.sampled_from([b"", b"", b' "-"', b" extra", b"\r", b"\r\r", b"\x0b", b" \\", b'"', b" \"x",
+                                        b"\r\n\r", b"\t"]))  # fmt: skip
 
 
 W3C_FIELDS = ["date", "time", "c-ip", "cs-method", "cs-uri-stem", "cs-uri-query", "sc-status", "cs(User-Agent)",
@@ -136,8 +140,9 @@ def _draw(rng: random.Random) -> bytes:
     quoted_ = lambda: b"".join(rng.choice(QUOTED_PIECES) for _ in range(rng.randrange(9)))  # noqa: E731
     time_ = (f"{rng.choice(['01', '29', '31', '1'])}/{rng.choice(MONTHS).decode()}/{rng.choice(['2024', '9999', '1000'])}:"
              f"{rng.choice(['00', '23', '24'])}:59:{rng.choice(['00', '60'])} {rng.choice(['+0000', '-2359', '+0130'])}")  # fmt: skip
-    line = b'%s - - [%s] "%s %s HTTP/1.1" %s 1' % (rng.choice(IPS), time_.encode(), rng.choice([b"GET", b"g t"]),
-                                                  quoted_(), rng.choice([b"200", b"-", b"x"]))  # fmt: skip
+    line = b'%s - %s [%s] "%s %s HTTP/1.1" %s 1' % (rng.choice(IPS), rng.choice(USERS[:5]), time_.encode(),
+                                                   rng.choice([b"GET", b"g t"]), quoted_(),
+                                                   rng.choice([b"200", b"-", b"x"]))  # fmt: skip
     if rng.random() < 0.8:
         line += b' "%s" "%s"' % (quoted_(), quoted_())
     return line
