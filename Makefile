@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint security bench load chaos format clean deploy-tools deploy-check dr-drill
+.PHONY: install install-dev up test lint security bench load chaos format clean deploy-tools deploy-debian-tools deploy-check dr-drill
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -67,8 +67,20 @@ $(TOOLS_VENV)/.installed: deploy/tools-requirements.txt
 
 deploy-tools: $(TOOLS_VENV)/.installed
 
+## deploy-debian-tools: kubectl, promtool and amtool from Debian's packages (installed when missing and root)
+DEPLOY_DEBIAN_TOOLS := kubectl:kubectl promtool:prometheus amtool:prometheus-alertmanager
+deploy-debian-tools:
+	@missing=""; for pair in $(DEPLOY_DEBIAN_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing from Debian:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "deploy-check needs:$$missing (apt-get install$$missing, as root)"; exit 1; fi; \
+	fi
+
 ## deploy-check: render and validate deploy/ offline (kubectl, promtool and amtool from Debian on PATH)
-deploy-check: install-dev deploy-tools
+deploy-check: install-dev deploy-tools deploy-debian-tools
 	$(BIN)/ruff check deploy
 	$(BIN)/python -m deploy.checks
 
