@@ -81,11 +81,15 @@ class PostgresBanditStore:
             )
 
     async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
+        """One ended session, counted even when the arm's row is gone (inserted, active: the arm was
+        in play when the session chose it), as `MemoryBanditStore.record` does."""
         async with self.db.connection() as conn:
             await conn.execute(
-                """UPDATE camouflage_arms SET pulls = pulls + 1, reward_sum = reward_sum + %s, updated_at = now()
-                   WHERE tenant_id = %s AND band = %s AND arm = %s""",
-                (reward, tenant_id, band.value, arm),
+                """INSERT INTO camouflage_arms AS a (tenant_id, band, arm, active, pulls, reward_sum)
+                   VALUES (%(tenant)s, %(band)s, %(arm)s, true, 1, %(reward)s)
+                   ON CONFLICT (tenant_id, band, arm) DO UPDATE
+                   SET pulls = a.pulls + 1, reward_sum = a.reward_sum + %(reward)s, updated_at = now()""",
+                {"tenant": tenant_id, "band": band.value, "arm": arm, "reward": reward},
             )
 
     async def rotate(self, *, tenant_id: uuid.UUID, band: Band, retire: str, explore: str | None) -> bool:

@@ -151,6 +151,7 @@ class SharedBanditStore:
             pipe = self.redis.client.pipeline(transaction=True)
             pipe.hincrby(key, f"{arm}|pulls", 1)
             pipe.hincrbyfloat(key, f"{arm}|sum", reward)
+            pipe.hsetnx(key, f"{arm}|active", "1")  # as PostgreSQL inserts an arm with no row
             pipe.expire(key, KEY_TTL_SECONDS)
             await self.redis.call("bandit-record", pipe.execute())
         except DependencyUnavailable as exc:
