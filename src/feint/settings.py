@@ -78,7 +78,10 @@ class Settings(BaseSettings):
         "", description="Known-good clients (IP addresses or client keys, comma-separated) labelled benign."
     )
     camouflage_probe_requests: int = Field(
-        5, ge=1, description="Decoy requests in one session from which its client is labelled a bot."
+        5,
+        ge=1,
+        description="Diverted requests (or requests of one ended decoy session) from which a client is labelled "
+        "a bot, in the labels and the canary guards.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "console"] = Field(

@@ -342,7 +342,7 @@ class Gateway:
         session, reply = await self.diverter.answer(
             client_key=judged.key, threat=judged.assessment.level, request=request, conn=conn
         )
-        status = _status_of(reply.data)
+        status = _status_of(_head(reply))
         judged.window.answered(judged.record.cs_uri_stem or "", status or 0)
         self.clients.put(judged.key, judged.window)
         self._log(judged, action="divert", status=status, session=session)
@@ -421,6 +421,21 @@ def _original(request: Request) -> Request:
 
 def _with_status(record: RequestRecord, status: int | None) -> RequestRecord:
     return dataclasses.replace(record, sc_status=status)
+
+
+_STATUS_LINE_BYTES: Final = 12  # "HTTP/1.1 200"
+
+
+def _head(reply: Reply) -> bytes:
+    """The first bytes the reply sends, whether at once or trickled after a delay (an engagement
+    profile with a delay sends nothing at once: ``data`` is empty and the status line is in
+    ``trickle``, perhaps split over slices)."""
+    head = reply.data
+    for _, chunk in reply.trickle:
+        if len(head) >= _STATUS_LINE_BYTES:
+            break
+        head += chunk
+    return head
 
 
 def _status_of(data: bytes) -> int | None:

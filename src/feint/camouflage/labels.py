@@ -6,8 +6,8 @@ header ``id,label`` then one line per decision id (the JSON-lines ``id`` of the 
 the file joins with ``FEINT_GATEWAY_DECISION_LOG`` or a dataset ingested from it), 1 for a bot and
 0 for a known-good client. The evidence (engagement with the decoys, honeytokens, the allow-list
 of ``camouflage_allowlist`` and ``FEINT_CAMOUFLAGE_ALLOW_CLIENTS``, analyst verdicts) is in
-``store.LABELS_QUERY``. A window is ``[since, until)``; ``since`` is an instant (ISO 8601) or a
-duration back from now (``90s``, ``30m``, ``24h``, ``7d``).
+``evidence.py``, the definition the canary guards read too. A window is ``[since, until)``;
+``since`` is an instant (ISO 8601) or a duration back from now (``90s``, ``30m``, ``24h``, ``7d``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from feint.camouflage import store
+from feint.camouflage.evidence import allowed_clients
 from feint.errors import BadRequest, ValidationFailed
 from feint.platform.db import Database
 from feint.platform.web import RequestContext, scope
@@ -81,11 +82,6 @@ def window(since: str, until: str | None, *, now: datetime, field_prefix: str = 
             errors=[{"field": f"{field_prefix}since", "problem": f"window longer than {WINDOW_DAYS_MAX} days"}],
         )
     return Window(start, end)
-
-
-def allowed_clients(settings: Settings) -> list[str]:
-    """``FEINT_CAMOUFLAGE_ALLOW_CLIENTS`` as a list (commas, blanks ignored)."""
-    return [c.strip() for c in settings.camouflage_allow_clients.split(",") if c.strip()]
 
 
 async def collect(

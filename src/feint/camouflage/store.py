@@ -17,9 +17,10 @@ from typing import Any, Final
 import orjson
 from psycopg.types.json import Jsonb
 
+from feint.camouflage import evidence
 from feint.camouflage.engine.bandit import ArmStats
 from feint.camouflage.engine.bands import Band
-from feint.camouflage.engine.events import Event, EventId, bounded_details
+from feint.camouflage.engine.events import Event, bounded_details
 from feint.camouflage.engine.honeytokens import TokenKind, TokenOwner, TokenSet
 from feint.camouflage.engine.sessions import Session
 from feint.platform.db import Conn, Database
@@ -81,11 +82,15 @@ class PostgresBanditStore:
             )
 
     async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
+        """One ended session, counted even when the arm's row is gone (inserted, active: the arm was
+        in play when the session chose it), as `MemoryBanditStore.record` does."""
         async with self.db.connection() as conn:
             await conn.execute(
-                """UPDATE camouflage_arms SET pulls = pulls + 1, reward_sum = reward_sum + %s, updated_at = now()
-                   WHERE tenant_id = %s AND band = %s AND arm = %s""",
-                (reward, tenant_id, band.value, arm),
+                """INSERT INTO camouflage_arms AS a (tenant_id, band, arm, active, pulls, reward_sum)
+                   VALUES (%(tenant)s, %(band)s, %(arm)s, true, 1, %(reward)s)
+                   ON CONFLICT (tenant_id, band, arm) DO UPDATE
+                   SET pulls = a.pulls + 1, reward_sum = a.reward_sum + %(reward)s, updated_at = now()""",
+                {"tenant": tenant_id, "band": band.value, "arm": arm, "reward": reward},
             )
 
     async def rotate(self, *, tenant_id: uuid.UUID, band: Band, retire: str, explore: str | None) -> bool:
@@ -480,54 +485,21 @@ async def allowlist(conn: Conn, *, tenant_id: uuid.UUID) -> list[dict[str, Any]]
 
 
 LABELS_ROWS_MAX: Final = 1_000_000
-TOKEN_EVENTS: Final = (EventId.HONEYTOKEN_TAKEN, EventId.HONEYTOKEN_USED)
+TOKEN_EVENTS: Final = evidence.TOKEN_EVENTS
 
-# One row per decision of the window with the evidence on its client. A client is a bot when an
-# analyst or appeal verdict says so (the newest wins, as for the canary guards in
-# shadow/canary/live.py), else benign when allow-listed by client key or address, else a bot when
-# it took or used a honeytoken (the events are written within a second; a session's counters only
-# when it ends) or kept probing decoys (``probes`` diverted requests, or an ended session with that
-# many requests). Decisions with no evidence either way are left out.
-LABELS_QUERY: Final = """
-WITH d AS (
-    SELECT id, decided_at, client_key, c_ip FROM camouflage_decisions
-    WHERE tenant_id = %(tenant)s AND decided_at >= %(since)s AND decided_at < %(until)s
-),
-clients AS (SELECT DISTINCT client_key FROM d),
-verdicts AS (
-    SELECT DISTINCT ON (f.client_key) f.client_key, f.verdict FROM shadow_feedback f
-    WHERE f.tenant_id = %(tenant)s AND f.client_key IN (SELECT client_key FROM clients)
-    ORDER BY f.client_key, f.created_at DESC
-),
-bots AS (
-    SELECT s.client_key FROM camouflage_sessions s
-    WHERE s.tenant_id = %(tenant)s AND s.client_key IN (SELECT client_key FROM clients)
-      AND (s.tokens_taken > 0 OR s.requests >= %(probes)s
-           OR EXISTS (SELECT 1 FROM camouflage_honeytokens h
-                      WHERE h.tenant_id = s.tenant_id AND h.session_id = s.id AND h.uses > 0))
-    UNION
-    SELECT e.client_key FROM camouflage_events e
-    WHERE e.tenant_id = %(tenant)s AND e.logtype = ANY(%(token_events)s)
-      AND e.client_key IN (SELECT client_key FROM clients)
-    UNION
-    SELECT x.client_key FROM camouflage_decisions x
-    WHERE x.tenant_id = %(tenant)s AND x.diverted AND x.client_key IN (SELECT client_key FROM clients)
-    GROUP BY x.client_key HAVING count(*) >= %(probes)s
-),
-labelled AS (
-    SELECT d.id, d.decided_at,
-           CASE WHEN v.verdict IS NOT NULL THEN (v.verdict = 'bot')::int
-                WHEN d.client_key = ANY(%(allowed)s) OR d.c_ip = ANY(%(allowed)s) THEN 0
-                WHEN b.client_key IS NOT NULL THEN 1
-           END AS label
-    FROM d
-    LEFT JOIN verdicts v ON v.client_key = d.client_key
-    LEFT JOIN (SELECT DISTINCT client_key FROM bots) b ON b.client_key = d.client_key
-)
+# One row per decision of the window, labelled by the evidence on its client (``evidence.py``, the
+# definition the canary guards use too); decisions with no evidence either way are left out.
+LABELS_QUERY: Final = (
+    evidence.labelled(
+        "SELECT id, decided_at, client_key, c_ip FROM camouflage_decisions"
+        " WHERE tenant_id = %(tenant)s AND decided_at >= %(since)s AND decided_at < %(until)s"
+    )
+    + """
 SELECT id::text AS id, label FROM labelled WHERE label IS NOT NULL
 ORDER BY decided_at, id
 LIMIT %(limit)s
 """
+)
 
 
 async def labels(
@@ -541,19 +513,14 @@ async def labels(
     limit: int = LABELS_ROWS_MAX,
 ) -> list[tuple[str, int]]:
     """``(decision id, label)`` of the tenant's decisions in [since, until), oldest first, at most
-    ``limit``: 1 for a bot, 0 for a known-good client (see ``LABELS_QUERY`` for the evidence and
+    ``limit``: 1 for a bot, 0 for a known-good client (see ``evidence.py`` for the evidence and
     its order); ``allowed`` adds clients to the tenant's stored allow-list."""
-    table = await allowlist(conn, tenant_id=tenant_id)
-    everyone = sorted({*allowed, *(r["client"] for r in table)})
     cur = await conn.execute(
         LABELS_QUERY.encode(),
         {
-            "tenant": tenant_id,
+            **evidence.params(tenant_id=tenant_id, allowed=allowed, probes_min=probes_min),
             "since": since,
             "until": until,
-            "allowed": everyone,
-            "probes": probes_min,
-            "token_events": [int(e) for e in TOKEN_EVENTS],
             "limit": limit,
         },
     )

@@ -33,7 +33,9 @@ CONTROLLER_KEY = "shadow.canary_controller"
 async def _start_canary(platform: Platform) -> None:
     controller = platform.extras.get(CONTROLLER_KEY)
     if controller is None:
-        controller = platform.extras[CONTROLLER_KEY] = Controller(platform.db, source=DecisionLogSource(platform.db))
+        controller = platform.extras[CONTROLLER_KEY] = Controller(
+            platform.db, source=DecisionLogSource.for_settings(platform.db, platform.settings)
+        )
     await controller.start()
 
 

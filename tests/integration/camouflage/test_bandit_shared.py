@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from feint.camouflage.engine.bandit import Bandit
@@ -261,3 +262,25 @@ async def test_without_redis_replicas_share_postgresql(
         assert seen[arms[0]].reward_sum == 20.0 and seen[arms[1]].reward_sum == 5.0
         # Every arm tried 20 times: the one that paid most has the highest UCB1 index in either replica.
         assert (await b.select(tenant_id=tenant, band=BAND)).id == arms[0]
+
+
+async def test_a_session_of_an_arm_with_no_row_is_counted(
+    platform: Platform, tenant: uuid.UUID, replica: Callable[[str], OpenedPlatform], clean_db: str
+) -> None:
+    """The band's rows removed while a session ran (as by an operator's reset): its end inserts the
+    arm's row, active, with the session counted, in PostgreSQL alone and through Redis, the same
+    as `MemoryBanditStore` (tests/unit/camouflage/engine/test_sessions.py)."""
+    durable = PostgresBanditStore(platform.db)
+    async with replica(_prefix()) as with_redis:
+        for bandit in (Bandit(durable, personas=PERSONAS), Bandit(bandit_store_for(with_redis), personas=PERSONAS)):
+            arm = (await bandit.select(tenant_id=tenant, band=BAND)).id
+            async with await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as conn:  # the owner
+                await conn.execute("DELETE FROM camouflage_arms WHERE tenant_id = %s", (tenant,))
+            store = bandit.store
+            if isinstance(store, SharedBanditStore):
+                await store.redis.client.delete(store._key(tenant, BAND))
+            await bandit.update(tenant_id=tenant, band=BAND, arm=arm, reward=0.5)
+            await bandit.update(tenant_id=tenant, band=BAND, arm=arm, reward=0.25)
+            for reader in (durable, store):
+                rows = {s.arm: s for s in await reader.arms(tenant_id=tenant, band=BAND)}
+                assert (rows[arm].pulls, rows[arm].reward_sum, rows[arm].active) == (2, 0.75, True)

@@ -51,6 +51,37 @@ async def _tenant(url: str) -> uuid.UUID:
     return uuid.UUID(str(row[0]))
 
 
+def _decision(
+    tenant_id: uuid.UUID,
+    client_key: str,
+    at: datetime,
+    *,
+    diverted: bool,
+    tag: str,
+    version: int | None,
+    rollout_id: uuid.UUID | None,
+    canary: bool,
+    c_ip: str,
+) -> Decision:
+    """A decision of the gateway for ``client_key`` at ``at``: diverted (threat 9) or allowed."""
+    return Decision(
+        record=RequestRecord(id=str(uuid.uuid4()), c_ip=c_ip, cs_method="GET", cs_uri_stem="/"),
+        decided_at=at,
+        tenant_id=tenant_id,
+        client_key=client_key,
+        fingerprint="fh1_test",
+        threat=9 if diverted else 0,
+        action="divert" if diverted else "allow",
+        explanation=[],
+        rules=(),
+        rules_tag=tag,
+        ruleset_version=version,
+        rollout_id=rollout_id,
+        canary=canary,
+        eval_latency_us=40.0,
+    )
+
+
 async def test_replicas_split_log_both_slices_and_obey_a_rollback(
     shadow: httpx.AsyncClient, keys: Keys, platform: Platform, clean_db: str
 ) -> None:
@@ -85,23 +116,11 @@ async def test_replicas_split_log_both_slices_and_obey_a_rollback(
         assert rules is not None
         diverted = rules.canary and i % 3 == 0
         log.submit(
-            Decision(
-                record=RequestRecord(id=str(uuid.uuid4()), c_ip="10.0.0.1", cs_method="GET", cs_uri_stem="/"),
-                decided_at=now,
-                tenant_id=tenant_id,
-                client_key=key,
-                fingerprint="fh1_test",
-                threat=9 if diverted else 0,
-                action="divert" if diverted else "allow",
-                explanation=[],
-                rules=(),
-                rules_tag=rules.tag,
-                ruleset_version=rules.version,
-                rollout_id=rules.rollout_id,
-                canary=rules.canary,
-                eval_latency_us=40.0,
+            _decision(
+                tenant_id, key, now, diverted=diverted, tag=rules.tag, version=rules.version,
+                rollout_id=rules.rollout_id, canary=rules.canary, c_ip="10.0.0.1",
             )
-        )
+        )  # fmt: skip
     await log.flush()
     source = DecisionLogSource(platform.db)
     window = await source.window(
@@ -130,3 +149,62 @@ async def test_replicas_split_log_both_slices_and_obey_a_rollback(
         await replica.refresh()
         assert replica.canary is None
         assert all(not replica.rules_for(k).canary for k in client_keys[:500])  # type: ignore[union-attr]
+
+
+async def test_guards_and_labels_share_one_definition_of_a_bot(platform: Platform, clean_db: str) -> None:
+    """Clients whose decoy sessions are still running: the guards count the live evidence (probes,
+    a honeytoken taken) as the labels do, with the same precedence verdict > allow-list > engagement,
+    and the guards' counts equal the labels' of the same decisions."""
+    from feint.camouflage import store
+    from feint.camouflage.engine.events import Event, EventId
+    from feint.camouflage.listener import ensure_tenant
+
+    tenant_id = await ensure_tenant(platform, "acme")
+    rollout = uuid.uuid4()
+    prober, thief, customer, appealed, flagged, unknown = (f"{n:032x}" for n in range(1, 7))
+    # (client, canary slice, diverted requests, allowed requests)
+    traffic = [(prober, True, 5, 0), (thief, False, 1, 0), (customer, True, 5, 0), (appealed, False, 6, 0),
+               (flagged, True, 0, 2), (unknown, False, 0, 3)]  # fmt: skip
+    async with await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as conn:
+        for client in (customer, flagged):
+            await conn.execute(
+                "INSERT INTO camouflage_allowlist (tenant_id, client, note) VALUES (%s, %s, 'customer')",
+                (tenant_id, client),
+            )
+        for client, verdict in ((appealed, "benign"), (flagged, "bot")):
+            await conn.execute(
+                "INSERT INTO shadow_feedback (tenant_id, client_key, source, verdict, created_by) "
+                "VALUES (%s, %s, 'analyst', %s, 'test')",
+                (tenant_id, client, verdict),
+            )
+    await store.CamouflageStore(platform.db).insert_events(
+        [Event(EventId.HONEYTOKEN_TAKEN, tenant_id, datetime.now(UTC).timestamp(), client_key=thief)]
+    )
+    log = DecisionLog(db=platform.db, path=None, queue_max=100)
+    now = datetime.now(UTC)
+    for client, canary, diverted, allowed in traffic:
+        for n in range(diverted + allowed):
+            log.submit(
+                _decision(
+                    tenant_id, client, now, diverted=n < diverted, tag="t", version=2,
+                    rollout_id=rollout, canary=canary, c_ip="10.0.0.2",
+                )
+            )  # fmt: skip
+    await log.flush()
+    since, until = now - timedelta(seconds=1), now + timedelta(seconds=1)
+    window = await DecisionLogSource(platform.db).window(
+        tenant_id=tenant_id, rollout_id=rollout, since=since, until=until
+    )
+    # canary: prober 5 bot (diverted), customer 5 benign (allow-list beats engagement), flagged 2 bot
+    # (verdict beats allow-list); production: thief 1 bot (honeytoken), appealed 6 benign, unknown unlabelled.
+    assert (window.canary.bots, window.canary.bots_diverted, window.canary.benign) == (7, 5, 5)
+    assert (window.canary.benign_diverted, window.canary.requests) == (5, 12)
+    assert (window.production.bots, window.production.bots_diverted, window.production.benign) == (1, 1, 6)
+    assert (window.production.benign_diverted, window.production.requests) == (6, 10)
+    async with platform.db.connection() as conn:
+        labels = await store.labels(conn, tenant_id=tenant_id, since=since, until=until, allowed=(), probes_min=5)
+    bots = sum(label for _, label in labels)
+    assert (bots, len(labels) - bots) == (
+        window.canary.bots + window.production.bots,
+        window.canary.benign + window.production.benign,
+    )

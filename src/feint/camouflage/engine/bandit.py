@@ -23,7 +23,7 @@ from typing import Final, Protocol
 from prometheus_client import Counter, Gauge
 
 from feint.camouflage.engine.bands import Arm, Band, arms_for
-from feint.errors import InvariantViolated, NotFound
+from feint.errors import InvariantViolated
 
 # An arm is retired when, after `RETIRE_PULLS_MIN` sessions, its mean reward is below
 # `retire_ratio` times the band's best; a never-tried arm of the band takes its place.
@@ -188,7 +188,8 @@ class BanditStore(Protocol):
         ...
 
     async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
-        """One ended session: pulls + 1 and reward_sum + reward, atomically."""
+        """One ended session: pulls + 1 and reward_sum + reward, atomically. An arm with no row
+        (its band's rows were removed while the session ran) gets one, active, with this session."""
         ...
 
     async def rotate(self, *, tenant_id: uuid.UUID, band: Band, retire: str, explore: str | None) -> bool:
@@ -211,9 +212,7 @@ class MemoryBanditStore:
             self._rows.setdefault((tenant_id, band, arm), ArmStats(arm, band, 0, 0.0, arm in active))
 
     async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
-        old = self._rows.get((tenant_id, band, arm))
-        if old is None:
-            raise NotFound(f"no arm {arm} in band {band}")
+        old = self._rows.get((tenant_id, band, arm)) or ArmStats(arm, band, 0, 0.0, True)
         self._rows[(tenant_id, band, arm)] = ArmStats(arm, band, old.pulls + 1, old.reward_sum + reward, old.active)
 
     async def rotate(self, *, tenant_id: uuid.UUID, band: Band, retire: str, explore: str | None) -> bool:

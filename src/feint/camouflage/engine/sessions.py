@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import structlog
+from prometheus_client import Counter
 
 from feint.camouflage.decoy.contract import Connection, Reply, Request, Responder
 from feint.camouflage.engine.bandit import Bandit
@@ -39,6 +40,11 @@ FOLLOWUPS_FULL: Final = 20
 HELD_SECONDS_FULL: Final = 600.0
 TOKENS_FULL: Final = 1
 REWARD_WEIGHTS: Final = (0.4, 0.3, 0.3)  # follow-up requests, time held, honeytokens taken
+
+SESSION_END_FAILURES = Counter(
+    "feint_camouflage_session_end_failures_total",
+    "Sessions whose end could not be fully recorded (bandit or database failure); logged with the session id.",
+)
 
 log = structlog.get_logger(component="feint.camouflage.sessions")
 
@@ -156,7 +162,7 @@ class SessionBook:
                     return found
                 stale = self._sessions.pop(key, None)
                 if stale is not None:
-                    await self._end(stale)
+                    await self._finish(stale)
                 band = band_of(threat)
                 arm = await self.bandit.select(tenant_id=tenant_id, band=band)
                 now = self.clock()
@@ -177,7 +183,7 @@ class SessionBook:
                 self._sessions[key] = session
                 while len(self._sessions) > self.sessions_max:
                     _, oldest = self._sessions.popitem(last=False)
-                    await self._end(oldest)
+                    await self._finish(oldest)
                 self.events.emit(
                     EventId.SESSION_START,
                     tenant_id=tenant_id,
@@ -258,7 +264,7 @@ class SessionBook:
         idle = [s for s in self._sessions.values() if moment - s.last_seen > self.idle_seconds]
         for session in idle:
             self._sessions.pop(session.client_key, None)
-            await self._end(session, now=moment)
+            await self._finish(session, now=moment)
         return idle
 
     async def close(self) -> None:
@@ -266,15 +272,32 @@ class SessionBook:
         await self.stop()
         while self._sessions:
             _, session = self._sessions.popitem(last=False)
-            await self._end(session)
+            await self._finish(session)
         await self.events.stop()
 
+    async def _finish(self, session: Session, *, now: float | None = None) -> None:
+        """`_end`, for callers that go on with other sessions or a new client's request (the sweep,
+        eviction, shutdown): a failure is logged with the session and counted, never raised to them."""
+        try:
+            await self._end(session, now=now)
+        except Exception:
+            SESSION_END_FAILURES.inc()
+            log.exception("session_end_failed", session=str(session.id), arm=session.arm, band=session.band.value)
+
     async def _end(self, session: Session, *, now: float | None = None) -> None:
+        """Reward the session's arm, then log and store the session's end (even when the bandit
+        update failed: its exception is raised after)."""
         session.ended = self.clock() if now is None else now
         value = reward(session)
-        retired = await self.bandit.update(
-            tenant_id=session.tenant_id, band=session.band, arm=session.arm, reward=value
-        )
+        retired: list[str] = []
+        try:
+            retired = await self.bandit.update(
+                tenant_id=session.tenant_id, band=session.band, arm=session.arm, reward=value
+            )
+        finally:
+            await self._ended(session, value, retired)
+
+    async def _ended(self, session: Session, value: float, retired: list[str]) -> None:
         self.events.emit(
             EventId.SESSION_END,
             tenant_id=session.tenant_id,

@@ -1,13 +1,10 @@
 """Guard data from live traffic: the gateway's decision log, labelled by what we know of each client.
 
 A decision belongs to a rollout's slices when the gateway judged it while the rollout was live
-(``camouflage_decisions.rollout_id``); ``canary`` says which slice. A decision's client is
-
-* **benign** when it is on the allow-list of known-good clients (``camouflage_allowlist``, by
-  client key or address), or when the newest analyst verdict or customer appeal on it says so;
-* a **bot** when the newest verdict says so, or when it took a honeytoken or kept probing a decoy
-  (a decoy session with a honeytoken taken or at least ``ENGAGED_REQUESTS_MIN`` requests);
-* unlabelled otherwise (it counts for the error rate and latency, not for the two label rates).
+(``camouflage_decisions.rollout_id``); ``canary`` says which slice. A decision's client is a bot,
+benign or unlabelled by the definition the labels use too (``feint.camouflage.evidence``: the
+newest verdict, else the allow-list, else engagement with the decoys counted live); an unlabelled
+one counts for the error rate and latency, not for the two label rates.
 
 Counts come from one aggregate query; latency samples are a uniform random sample of at most
 ``LATENCY_SAMPLES_MAX`` per slice, so a busy step costs the same as a quiet one.
@@ -16,51 +13,36 @@ Counts come from one aggregate query; latency samples are a uniform random sampl
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
+from feint.camouflage import evidence
+from feint.camouflage.evidence import allowed_clients
 from feint.platform.db import Database
+from feint.settings import Settings
 from feint.shadow.canary.guards import LATENCY_SAMPLES_MAX, SliceStats
 from feint.shadow.canary.service import Window
 
-ENGAGED_REQUESTS_MIN: Final = 5
+PROBE_REQUESTS_DEFAULT: Final = 5  # FEINT_CAMOUFLAGE_PROBE_REQUESTS' default
 
-_LABELLED: Final = """
-WITH d AS (
-    SELECT canary, diverted, gateway_error, client_key, c_ip
-    FROM camouflage_decisions
-    WHERE tenant_id = %(tenant)s AND rollout_id = %(rollout)s
-      AND decided_at >= %(since)s AND decided_at < %(until)s
-),
-verdicts AS (
-    SELECT DISTINCT ON (client_key) client_key, verdict
-    FROM shadow_feedback WHERE tenant_id = %(tenant)s
-    ORDER BY client_key, created_at DESC
-),
-engaged AS (
-    SELECT DISTINCT client_key FROM camouflage_sessions
-    WHERE tenant_id = %(tenant)s AND (tokens_taken > 0 OR requests >= %(engaged)s)
-),
-labelled AS (
-    SELECT d.*,
-           CASE WHEN v.verdict IS NOT NULL THEN v.verdict
-                WHEN EXISTS (SELECT 1 FROM camouflage_allowlist a
-                             WHERE a.tenant_id = %(tenant)s AND a.client IN (d.client_key, d.c_ip)) THEN 'benign'
-                WHEN e.client_key IS NOT NULL THEN 'bot'
-           END AS label
-    FROM d
-    LEFT JOIN verdicts v ON v.client_key = d.client_key
-    LEFT JOIN engaged e ON e.client_key = d.client_key
-)
+_LABELLED: Final = (
+    evidence.labelled(
+        "SELECT canary, diverted, gateway_error, client_key, c_ip FROM camouflage_decisions"
+        " WHERE tenant_id = %(tenant)s AND rollout_id = %(rollout)s"
+        " AND decided_at >= %(since)s AND decided_at < %(until)s"
+    )
+    + """
 SELECT canary,
        count(*) AS requests,
        count(*) FILTER (WHERE gateway_error) AS errors,
-       count(*) FILTER (WHERE label = 'benign') AS benign,
-       count(*) FILTER (WHERE label = 'benign' AND diverted) AS benign_diverted,
-       count(*) FILTER (WHERE label = 'bot') AS bots,
-       count(*) FILTER (WHERE label = 'bot' AND diverted) AS bots_diverted
+       count(*) FILTER (WHERE label = 0) AS benign,
+       count(*) FILTER (WHERE label = 0 AND diverted) AS benign_diverted,
+       count(*) FILTER (WHERE label = 1) AS bots,
+       count(*) FILTER (WHERE label = 1 AND diverted) AS bots_diverted
 FROM labelled GROUP BY canary
 """
+)
 
 _LATENCIES: Final = """
 SELECT eval_latency_us FROM camouflage_decisions
@@ -73,13 +55,21 @@ LIMIT %(limit)s
 class DecisionLogSource:
     """The live :class:`~feint.shadow.canary.service.WindowSource`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, allowed: Sequence[str] = (), probes_min: int = PROBE_REQUESTS_DEFAULT) -> None:
         self._db = db
+        self._allowed = tuple(allowed)
+        self._probes_min = probes_min
+
+    @classmethod
+    def for_settings(cls, db: Database, settings: Settings) -> DecisionLogSource:
+        """With the allow-list and probe count the labels use (``FEINT_CAMOUFLAGE_*``)."""
+        return cls(db, allowed=allowed_clients(settings), probes_min=settings.camouflage_probe_requests)
 
     async def window(self, *, tenant_id: uuid.UUID, rollout_id: uuid.UUID, since: datetime, until: datetime) -> Window:
         params = {"tenant": tenant_id, "rollout": rollout_id, "since": since, "until": until}
         async with self._db.connection() as conn:
-            cursor = await conn.execute(_LABELLED.encode(), {**params, "engaged": ENGAGED_REQUESTS_MIN})
+            evidence_params = evidence.params(tenant_id=tenant_id, allowed=self._allowed, probes_min=self._probes_min)
+            cursor = await conn.execute(_LABELLED.encode(), {**evidence_params, **params})
             rows = {bool(row["canary"]): row for row in await cursor.fetchall()}
             slices: dict[bool, SliceStats] = {}
             for canary in (False, True):

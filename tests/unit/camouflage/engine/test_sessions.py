@@ -11,7 +11,7 @@ from feint.camouflage.engine.bandit import Bandit, MemoryBanditStore
 from feint.camouflage.engine.bands import Band, HoldGate
 from feint.camouflage.engine.events import EventId, EventSink
 from feint.camouflage.engine.honeytokens import SITE_KINDS, Honeytokens, HoneytokenWatch, TokenKind
-from feint.camouflage.engine.sessions import FOLLOWUPS_FULL, Session, SessionBook, reward
+from feint.camouflage.engine.sessions import FOLLOWUPS_FULL, SESSION_END_FAILURES, Session, SessionBook, reward
 from feint.errors import InvariantViolated
 from tests.unit.camouflage.engine.fakes import CONN, Persona, TokenStore, request
 
@@ -194,3 +194,55 @@ def test_site_defaults_are_as_long_as_the_credentials_that_replace_them() -> Non
     tokens = Honeytokens(b"\x05" * 32).mint(uuid.uuid4())
     for name, kind in SITE_KINDS.items():
         assert len(default_filler(name)) == len(tokens.values[kind]), name
+
+
+class FailingStore(MemoryBanditStore):
+    """The bandit's store with PostgreSQL gone for one arm's update (a fake of a unit test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: set[str] = set()
+
+    async def record(self, *, tenant_id: uuid.UUID, band: Band, arm: str, reward: float) -> None:
+        if arm in self.failing:
+            raise ConnectionError("database unreachable")
+        await super().record(tenant_id=tenant_id, band=band, arm=arm, reward=reward)
+
+
+async def test_a_session_end_that_fails_does_not_stop_the_sweep() -> None:
+    """One session's bandit update fails: the sweep still ends every idle session, the failed one's
+    end is still logged (event) and counted as a failure, the others reward their arms, and a new
+    client is served."""
+    clock = Clock()
+    b, events = book(clock)
+    failing = FailingStore()
+    b.bandit.store = failing
+    first, _ = await b.answer(client_key="f1", threat=4, request=request(b"/"), conn=CONN)
+    second = first
+    n = 0
+    while second.arm == first.arm:  # a second session on another arm (UCB1 tries untried arms first)
+        n += 1
+        second, _ = await b.answer(client_key=f"f{n + 1}", threat=4, request=request(b"/"), conn=CONN)
+    failing.failing.add(first.arm)
+    failures = SESSION_END_FAILURES._value.get()
+    clock.now += 61
+    ended = await b.sweep()
+    assert {s.id for s in ended} >= {first.id, second.id} and len(b) == 0
+    assert SESSION_END_FAILURES._value.get() == failures + 1
+    ended_ids = {e.session_id for e in events if e.event_id is EventId.SESSION_END}
+    assert {first.id, second.id} <= ended_ids
+    stats = {s.arm: s for s in await failing.arms(tenant_id=b.tenant_id, band=Band.BALANCED)}
+    assert stats[second.arm].pulls >= 1 and stats[first.arm].pulls == 0
+    fresh, _ = await b.answer(client_key="f1", threat=4, request=request(b"/"), conn=CONN)
+    assert fresh.id != first.id
+
+
+async def test_memory_store_counts_a_session_of_an_arm_with_no_row() -> None:
+    """Like PostgreSQL's (tests/integration/camouflage/test_bandit_shared.py): the row is made, active,
+    with the session counted, instead of an error that would lose the session."""
+    store = MemoryBanditStore()
+    tenant = uuid.uuid4()
+    await store.record(tenant_id=tenant, band=Band.LIGHT, arm="nginx/instant", reward=0.5)
+    await store.record(tenant_id=tenant, band=Band.LIGHT, arm="nginx/instant", reward=0.25)
+    [row] = await store.arms(tenant_id=tenant, band=Band.LIGHT)
+    assert (row.arm, row.pulls, row.reward_sum, row.active) == ("nginx/instant", 2, 0.75, True)
