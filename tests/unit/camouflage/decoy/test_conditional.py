@@ -5,9 +5,12 @@ Debian apache2 2.4.71 and Express 4.22.3 with the probes cond-* of probes.yaml).
 from __future__ import annotations
 
 import re
+import shutil
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
+import yaml
 
 from feint.camouflage.decoy import persona, recorder
 from feint.camouflage.decoy.contract import Connection
@@ -135,3 +138,17 @@ def test_probe_placeholders_quote_the_files_last_modified() -> None:
     probe = Probe("p", "test", "GET / HTTP/1.1\r\nA: {{last_modified}}\r\nB: {{last_modified_next}}\r\n\r\n")
     sent = probe.render(hostport="h:1", mtime=1_700_000_000.75)
     assert b"A: Tue, 14 Nov 2023 22:13:20 GMT\r\nB: Tue, 14 Nov 2023 22:13:21 GMT\r\n" in sent
+
+
+def test_rerecording_keeps_the_page_of_a_hand_written_timeout_answer(tmp_path: Path) -> None:
+    """apache-debian's r408 (measured by hand) names pages/408.html: a re-recording keeps both."""
+    base = persona.load("apache-debian")
+    out = tmp_path / "apache-debian"
+    shutil.copytree(base.directory / "pages", out / "pages")
+    (out / "pages" / "stale.html").write_text("recorded last time, not now")
+    doc = yaml.safe_load((base.directory / persona.PERSONA_FILE).read_text())
+    abstractor = recorder.Abstractor(base, server="Apache", host="127.0.0.1", port=80)
+    path = recorder.write(out, base=doc, responses={}, rules={"": {}}, abstractor=abstractor, source={})
+    assert yaml.safe_load(path.read_text())["responses"]["r408"]["body"]["page"] == "pages/408.html"
+    assert (out / "pages" / "408.html").read_bytes() == (base.directory / "pages" / "408.html").read_bytes()
+    assert not (out / "pages" / "stale.html").exists()
