@@ -46,10 +46,12 @@ def real_apache() -> Iterator[tuple[int, str]]:
 
 async def _score(real_port: int, name: str) -> float:
     corpus = list(probes.load())
-    decoy = await server.serve(PersonaResponder(persona.load(name)), host="127.0.0.1", port=0)
+    loaded = persona.load(name)
+    decoy = await server.serve(PersonaResponder(loaded), host="127.0.0.1", port=0)
     try:
-        real = await exchange.exchange_all("127.0.0.1", real_port, corpus)
-        fake = await exchange.exchange_all("127.0.0.1", decoy.port, corpus)
+        # Both serve the persona's site at its site_mtime (real_servers sets it on the files).
+        real = await exchange.exchange_all("127.0.0.1", real_port, corpus, mtime=loaded.site_mtime)
+        fake = await exchange.exchange_all("127.0.0.1", decoy.port, corpus, mtime=loaded.site_mtime)
     finally:
         await decoy.stop(grace_seconds=1)
     verdicts = [

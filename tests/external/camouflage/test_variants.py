@@ -26,8 +26,8 @@ async def _score(real_port: int, loaded: persona.Persona) -> float:
     corpus = list(probes.load())
     decoy = await server.serve(PersonaResponder(loaded), host="127.0.0.1", port=0)
     try:
-        real = await exchange.exchange_all("127.0.0.1", real_port, corpus)
-        fake = await exchange.exchange_all("127.0.0.1", decoy.port, corpus)
+        real = await exchange.exchange_all("127.0.0.1", real_port, corpus, mtime=loaded.site_mtime)
+        fake = await exchange.exchange_all("127.0.0.1", decoy.port, corpus, mtime=loaded.site_mtime)
     finally:
         await decoy.stop(grace_seconds=1)
     verdicts = [

@@ -77,18 +77,20 @@ async def exchange_all(
     probes: Iterable[Probe],
     *,
     hostport: str | None = None,
+    mtime: float = 0.0,
     idle_seconds: float = IDLE_SECONDS_DEFAULT,
     concurrency: int = CONCURRENCY_DEFAULT,
     progress: Callable[[Answer], None] | None = None,
 ) -> dict[str, Answer]:
-    """Every probe's answer by probe name; probes run ``concurrency`` at a time, each on its own connection."""
+    """Every probe's answer by probe name; probes run ``concurrency`` at a time, each on its own
+    connection (``mtime``: the site files' time, for probes quoting their Last-Modified)."""
     gate = asyncio.Semaphore(concurrency)
     target = hostport or f"{host}:{port}"
 
     async def one(probe: Probe) -> Answer:
         async with gate:
             answer = await exchange(
-                host, port, probe.render(hostport=target), name=probe.name, idle_seconds=idle_seconds
+                host, port, probe.render(hostport=target, mtime=mtime), name=probe.name, idle_seconds=idle_seconds
             )
         if progress is not None:
             progress(answer)

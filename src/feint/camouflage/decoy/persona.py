@@ -170,13 +170,16 @@ class Persona:
             )
         return _replace(self, version=version)
 
-    def site_index(self) -> SiteIndex:
+    def site_index(self, etag_of: Callable[[str], str] | None = None) -> SiteIndex:
+        """The site's paths; ``etag_of`` (a file's ETag) lets If-None-Match be compared."""
         return SiteIndex(
             files=frozenset(self.site),
             index_names=self.index_names,
             special=dict(self.special_paths),
             dot_last_segment=self.dotfiles == "last-segment",
             flags=self.flags,
+            mtime=self.site_mtime,
+            etag_of=etag_of,
         )
 
     def rendered_site(self, fill: TokenFiller) -> dict[str, bytes]:

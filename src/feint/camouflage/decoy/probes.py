@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.utils import formatdate
 from importlib import resources
 from pathlib import Path
 
@@ -35,9 +36,13 @@ class Probe:
     source: str
     template: str
 
-    def render(self, *, hostport: str) -> bytes:
-        """The bytes to send to a server reachable as ``hostport`` ("127.0.0.1:8080")."""
+    def render(self, *, hostport: str, mtime: float = 0.0) -> bytes:
+        """The bytes to send to a server reachable as ``hostport`` ("127.0.0.1:8080") whose
+        site files were modified at ``mtime`` (the persona's site_mtime)."""
         text = self.template.replace("{{hostport}}", hostport)
+        if "{{last_modified" in text:
+            text = text.replace("{{last_modified}}", formatdate(int(mtime), usegmt=True))
+            text = text.replace("{{last_modified_next}}", formatdate(int(mtime) + 1, usegmt=True))
         for _ in range(2):  # one level of nesting: {{rep 6}}X: {{rep 7000}}c{{/rep}}{{/rep}}
             text = _REPEAT.sub(_repeat, text)
         data = text.encode("latin-1")

@@ -29,7 +29,13 @@ from feint.camouflage.decoy.exchange import Answer
 from feint.camouflage.decoy.http import RequestParser
 from feint.camouflage.decoy.persona import CONNECTION_MARKER, PERSONA_FILE, Persona, fill_tokens
 from feint.camouflage.decoy.probes import Probe
-from feint.camouflage.decoy.responder import default_filler, encode_path, listing_mtime, wants_keepalive
+from feint.camouflage.decoy.responder import (
+    default_filler,
+    encode_path,
+    listing_mtime,
+    site_index,
+    wants_keepalive,
+)
 from feint.camouflage.decoy.situation import Situation, situation, split_target
 
 RESPONSES_PER_ANSWER_MAX = 16
@@ -137,7 +143,7 @@ class Abstractor:
         self.host = host
         self.port = str(port)
         self.site = persona.rendered_site(default_filler)
-        self.index = persona.site_index()
+        self.index = site_index(persona, self.site)
         self.pages: dict[str, str] = {}  # page text -> file name
         self.keep_block: list[list[str]] | None = None
         self.close_block: list[list[str]] | None = None
@@ -259,7 +265,7 @@ def learn_rules(observations: list[tuple[Situation, str, Close]]) -> dict[str, d
     """Rules from (situation, response id, close) triples; coarse keys first, redundant ones dropped."""
     by_key: dict[str, list[tuple[str, Close]]] = defaultdict(list)
     for sit, rid, close in observations:
-        for key in sit.lookup_keys():
+        for key in sit.learning_keys():
             by_key[key].append((rid, close))
     rules: dict[str, dict[str, str]] = {}
 
@@ -271,14 +277,17 @@ def learn_rules(observations: list[tuple[Situation, str, Close]]) -> dict[str, d
 
     # The default: the most common answer overall (a persona always has one).
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    for _, rid, close in observations:
+    for sit, rid, close in observations:
+        if sit.conditional:
+            continue
         counts[(rid, "by-request" if close == "ambiguous" else close)] += 1
     best = max(counts, key=lambda k: counts[k])
     rules[""] = {"response": best[0], "close": best[1]}
     levels: dict[int, list[str]] = defaultdict(list)
     for sit, _, _ in observations:
+        learnable = set(sit.learning_keys())
         for depth, key in enumerate(reversed(sit.lookup_keys())):
-            if key and key not in levels[depth]:
+            if key and key in learnable and key not in levels[depth]:
                 levels[depth].append(key)
     for depth in sorted(levels):
         for key in levels[depth]:
@@ -309,7 +318,7 @@ def observe(
         answer = answers.get(probe.name)
         if answer is None or answer.error:
             continue
-        requests = requests_of(probe.render(hostport=hostport), persona)
+        requests = requests_of(probe.render(hostport=hostport, mtime=persona.site_mtime), persona)
         raws = split_answer(answer.data, heads=[r.method == b"HEAD" for r in requests])
         if not raws and answer.closed and requests:
             # Hung up without a byte (Node on CONNECT with no 'connect' listener): a silent close.
@@ -435,10 +444,16 @@ def write(
 ) -> Path:
     """Write persona.yaml and pages/ into ``out_dir`` (the site tree is left as it is)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A timeout's answer cannot be probed in a recording's time (Node's 408 comes after 60 s):
+    # the hand-written response a timeout names is kept, and with it its page.
+    kept = dict(base.get("responses") or {})
+    kept_ids = [rid for rid in (base.get("timeouts") or {}).values() if rid in kept and rid not in responses]
+    kept_pages = {str((kept[rid].get("body") or {}).get("page")) for rid in kept_ids}
     pages = out_dir / "pages"
     if pages.is_dir():
         for old in pages.glob("*.html"):
-            old.unlink()
+            if f"pages/{old.name}" not in kept_pages or f"pages/{old.name}" in abstractor.pages.values():
+                old.unlink()
     pages.mkdir(exist_ok=True)
     for text, name in abstractor.pages.items():
         (out_dir / name).write_bytes(text.encode("latin-1"))
@@ -453,13 +468,7 @@ def write(
     if abstractor.implied_block is not None:
         connection["keep-alive-implied"] = abstractor.implied_block
     doc["connection"] = connection
-    # A timeout's answer cannot be probed in a recording's time (Node's 408 comes after 60 s):
-    # the hand-written response a timeout names is kept.
-    kept = dict(base.get("responses") or {})
-    doc["responses"] = {
-        **{rid: kept[rid] for rid in (doc.get("timeouts") or {}).values() if rid in kept and rid not in responses},
-        **responses,
-    }
+    doc["responses"] = {**{rid: kept[rid] for rid in kept_ids}, **responses}
     doc["rules"] = rules
     if "extends" not in doc:  # a variant inherits its parent's timeouts unless it names its own
         doc.setdefault("timeouts", {})
@@ -539,7 +548,7 @@ def record(
         if (start_from / "site").is_dir() and not (out_dir / "site").exists():
             shutil.copytree(start_from / "site", out_dir / "site")
     probes = probe_list if probe_list is not None else list(probes_mod.load())
-    answers = asyncio.run(exchange_all(host, port, probes, progress=progress))
+    answers = asyncio.run(exchange_all(host, port, probes, mtime=base_persona.site_mtime, progress=progress))
     server = ""
     for answer in answers.values():
         for raw in split_answer(answer.data, heads=[False]):

@@ -8,6 +8,7 @@ import re
 import struct
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Final
@@ -15,7 +16,13 @@ from urllib.parse import quote
 
 from feint.camouflage.decoy.contract import Connection, Limits, Reply, Request, TimeoutPhase
 from feint.camouflage.decoy.persona import Persona, Response, Rule, Template, TokenFiller
-from feint.camouflage.decoy.situation import MERGED_FIELD_BYTES_NOTABLE, Resolved, situation, split_target
+from feint.camouflage.decoy.situation import (
+    MERGED_FIELD_BYTES_NOTABLE,
+    Resolved,
+    SiteIndex,
+    situation,
+    split_target,
+)
 
 _HOST_LINE = re.compile(rb"\r?\nhost:([^\r\n]*)", re.IGNORECASE)
 GZIP_MIN_BYTES = 20  # nginx gzip_min_length default; below it nobody compresses
@@ -64,6 +71,23 @@ def filetime_le(epoch: float) -> str:
 def filetime_hex(ticks: int) -> str:
     """A FILETIME's 8 bytes, little-endian, each as unpadded hex (IIS's ETag stem)."""
     return "".join(f"{b:x}" for b in ticks.to_bytes(8, "little"))
+
+
+def etag_value(persona: Persona, size: int) -> str:
+    """The ETag the persona's server gives a site file of ``size`` bytes (its time is the site's)."""
+    mtime = persona.site_mtime
+    return persona.etag_format.format(
+        size=size,
+        mtime=int(mtime),
+        mtime_us=int(mtime * 1_000_000),
+        mtime_ms=int(mtime * 1000),
+        filetime_le=filetime_le(mtime),
+    )
+
+
+def site_index(persona: Persona, site: Mapping[str, bytes]) -> SiteIndex:
+    """The persona's site index, comparing If-None-Match with the ETags of ``site`` (rendered files)."""
+    return persona.site_index(etag_of=lambda path: etag_value(persona, len(site[path])))
 
 
 def listing_mtime(epoch: float) -> str:
@@ -170,7 +194,7 @@ class PersonaResponder:
     def __init__(self, persona: Persona, *, fill: TokenFiller = default_filler) -> None:
         self.persona = persona
         self._site = persona.rendered_site(fill)
-        self._index = persona.site_index()
+        self._index = site_index(persona, self._site)
         self._server = persona.server
         self._listing_mtime = listing_mtime(persona.site_mtime)
         self._keepalive_max = persona.limits.keepalive_requests_max
@@ -257,7 +281,7 @@ class PersonaResponder:
 
     def _cache_key(self, request: Request, conn: Connection) -> tuple[object, ...] | None:
         """What decides the answer to ``request``, or None when the request is not the common
-        kind (the parser saw a problem, a body, a Range or Expect header, fields long enough
+        kind (the parser saw a problem, a body, a Range, Expect or validator header, fields long enough
         to matter merged): everything `situation()` and `render()` read from it is in the key."""
         if request.problems or request.body or not request.framing_intact:
             return None
@@ -276,6 +300,12 @@ class PersonaResponder:
                 if encoding is None and name.lower() == b"accept-encoding":
                     encoding = value
             elif (size == 5 and name.lower() == b"range") or (size == 6 and name.lower() == b"expect"):
+                return None
+            elif (size == 13 and name.lower() == b"if-none-match") or (
+                size == 17 and name.lower() == b"if-modified-since"
+            ):
+                # A validator's answer depends on the file's ETag and time and on the clock
+                # (a future If-Modified-Since becomes a past one): rendered per request.
                 return None
         if merged > MERGED_FIELD_BYTES_NOTABLE:
             return None
@@ -419,13 +449,7 @@ class PersonaResponder:
             size = len(self._site[resolved.path])
             mtime = self.persona.site_mtime
             values["last_modified"] = imf_date(mtime)
-            values["etag"] = self.persona.etag_format.format(
-                size=size,
-                mtime=int(mtime),
-                mtime_us=int(mtime * 1_000_000),
-                mtime_ms=int(mtime * 1000),
-                filetime_le=filetime_le(mtime),
-            )
+            values["etag"] = etag_value(self.persona, size)
             ext = resolved.path.rsplit(".", 1)[-1].lower() if "." in resolved.path.rsplit("/", 1)[-1] else ""
             values["etag_gzip"] = values["etag"][:-1] + '-gzip"'
             values["content_type"] = self.persona.mime.get(ext, self.persona.mime_default)

@@ -2,7 +2,8 @@
 
 A real server's answer depends on a handful of things about a request: what its parser objected
 to, the method, the version, the shape of the target, what the path names on disk, and a few
-headers (Accept-Encoding, Range, Expect). The situation key lists them in that order of weight:
+headers (Accept-Encoding, Range, Expect, the cache validators If-None-Match and If-Modified-Since
+compared with the file's ETag and time). The situation key lists them in that order of weight:
 
     problems=bad-version|method=GET|version=HTTP/2.0|target=origin|resource=dir|extras=gzip
 
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import posixpath
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import mktime_tz, parsedate_tz
 from urllib.parse import unquote_to_bytes
 
 from feint.camouflage.decoy.contract import Problem, Request
@@ -91,8 +95,13 @@ class SiteIndex:
         special: dict[str, str] | None = None,
         dot_last_segment: bool = False,
         flags: tuple[HeaderFlag, ...] = (),
+        mtime: float | None = None,
+        etag_of: Callable[[str], str] | None = None,
     ) -> None:
         self.files = files
+        # The files' modification time and ETag, which conditional requests are compared with.
+        self.mtime = mtime
+        self.etag_of = etag_of
         # False: a dot anywhere in the path hides it (nginx, Apache rules). True: only a last
         # segment starting with a dot does, as Express's static (send 0.19 without a dotfiles
         # option) serves /.git/config and ignores /.env and /.git.
@@ -222,7 +231,7 @@ def version_feature(version: bytes | None) -> str:
     return "bad:" + re.sub(r"[^A-Za-z/.d]", "_", shape)
 
 
-def extras_feature(request: Request, declared: tuple[HeaderFlag, ...] = ()) -> str:
+def extras_feature(request: Request, declared: tuple[HeaderFlag, ...] = (), validators: tuple[str, ...] = ()) -> str:
     """The headers that change a real server's answer, as sorted flags (then the persona's own)."""
     flags = []
     encoding = request.header(b"accept-encoding")
@@ -246,6 +255,8 @@ def extras_feature(request: Request, declared: tuple[HeaderFlag, ...] = ()) -> s
         # Apache joins repeated fields into one and refuses the result over LimitRequestFieldSize.
         flags.append("merged-8k")
     flags.extend(_header_shapes(request.head))
+    if validators:
+        flags.extend(validators)
     for spec in declared:
         seen = request.header(spec.name)
         if seen is not None and spec.contains in seen.lower():
@@ -275,6 +286,56 @@ def _header_shapes(head: bytes) -> list[str]:
     return sorted(shapes)
 
 
+def validator_flags(request: Request, site: SiteIndex, resolved: Resolved) -> tuple[str, ...]:
+    """How the request's cache validators compare with the file it names (none: no flag at all).
+
+    ``If-None-Match``: ``inm-star`` for ``*``, ``inm-match`` when a listed tag equals the file's
+    ETag (weak comparison, RFC 9110 13.1.2), ``inm`` otherwise. ``If-Modified-Since``, in whole
+    seconds as Last-Modified carries them: ``ims-equal``, ``ims-older`` (before the file's time),
+    ``ims-newer`` (after it, not after now), ``ims-future``, ``ims-bad`` (not a date), or ``ims``
+    when the path names no file. Servers differ on each: nginx's ``if_modified_since exact``
+    answers 304 only to ``ims-equal``, Apache to a date from the file's time to now, Express's
+    ``fresh`` to any date from the file's time on.
+    """
+    inm = request.header(b"if-none-match")
+    ims = request.header(b"if-modified-since")
+    if inm is None and ims is None:
+        return ()
+    out: list[str] = []
+    is_file = resolved.path in site.files
+    if inm is not None:
+        if inm.strip() == b"*":
+            out.append("inm-star")
+        elif is_file and site.etag_of is not None:
+            etag = _weak(site.etag_of(resolved.path).encode("latin-1"))
+            out.append("inm-match" if any(_weak(tag) == etag for tag in inm.split(b",")) else "inm")
+        else:
+            out.append("inm")
+    if ims is not None:
+        out.append(_ims_flag(ims, site.mtime if is_file else None))
+    return tuple(out)
+
+
+def _weak(tag: bytes) -> bytes:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def _ims_flag(value: bytes, mtime: float | None) -> str:
+    parts = parsedate_tz(value.decode("latin-1"))
+    if parts is None:
+        return "ims-bad"
+    if mtime is None:
+        return "ims"
+    when = mktime_tz(parts)
+    modified = int(mtime)
+    if when == modified:
+        return "ims-equal"
+    if when < modified:
+        return "ims-older"
+    return "ims-newer" if when <= time.time() else "ims-future"
+
+
 def problems_feature(problems: frozenset[Problem]) -> str:
     """The problems, weightiest first, joined by +; ``none`` when the parser saw nothing odd."""
     if not problems:
@@ -288,6 +349,7 @@ class Situation:
 
     fields: tuple[str, str, str, str, str, str]
     resolved: Resolved
+    conditional: bool = False  # the request carries a cache validator (validator_flags)
 
     def lookup_keys(self) -> list[str]:
         """The lookup keys, most precise first (see the module docstring)."""
@@ -301,17 +363,25 @@ class Situation:
         out.append("")
         return out
 
+    def learning_keys(self) -> list[str]:
+        """The keys whose rule this request's answer may teach the recorder: all lookup keys, but
+        only the whole key for a conditional request, so that a 304 never becomes the rule of
+        the requests without validators that share its coarser keys."""
+        keys = self.lookup_keys()
+        return keys[:1] if self.conditional else keys
+
 
 def situation(request: Request, site: SiteIndex) -> Situation:
     """The situation key of ``request`` against ``site``."""
     form, path = split_target(request.target)
     resolved = site.resolve(path) if form in ("origin", "absolute") else Resolved("none", "")
+    validators = validator_flags(request, site, resolved)
     fields = (
         problems_feature(request.problems),
         method_feature(request.method),
         version_feature(request.version),
         target_feature(request.target),
         resolved.kind,
-        extras_feature(request, site.flags),
+        extras_feature(request, site.flags, validators),
     )
-    return Situation(fields=fields, resolved=resolved)
+    return Situation(fields=fields, resolved=resolved, conditional=bool(validators))

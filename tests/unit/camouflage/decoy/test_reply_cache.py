@@ -34,7 +34,7 @@ def _conn(served: int) -> Connection:
 
 
 def _requests(p: persona.Persona) -> list[Request]:
-    payloads = [probe.render(hostport="127.0.0.1:8080") for probe in probes.load()] + list(EXTRA)
+    payloads = [probe.render(hostport="127.0.0.1:8080", mtime=p.site_mtime) for probe in probes.load()] + list(EXTRA)
     return [request for payload in payloads for request in recorder.requests_of(payload, p)]
 
 
