@@ -174,6 +174,7 @@ def serve(
     from feint.platform.serve import (
         Servable,
         default_workers,
+        exit_with_supervisor,
         reuse_port_socket,
         run_loop,
         run_workers,
@@ -207,6 +208,8 @@ def serve(
             servers: list[Servable] = [uvicorn_server(service_app(name, platform), settings=settings, port=chosen)]
             # A supervisor's worker listens on its own SO_REUSEPORT socket of the shared port.
             sockets = [reuse_port_socket(settings.host, chosen)] if reuse_port else None
+            if reuse_port:
+                exit_with_supervisor()
             if name == "camouflage":
                 from feint.camouflage.listener import GatewayListener
 

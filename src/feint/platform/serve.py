@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ WORKERS_MAX = 64
 # A worker that has not exited this long after SIGTERM (its own drain is GRACEFUL_SHUTDOWN_SECONDS)
 # is killed.
 WORKER_STOP_SECONDS_MAX = GRACEFUL_SHUTDOWN_SECONDS + 5
+SUPERVISOR_CHECK_SECONDS = 0.5  # how often a worker checks that its supervisor still runs
 LISTEN_BACKLOG = 2048
 
 
@@ -261,6 +263,23 @@ def run_workers(name: str, *, settings: Settings, port: int, workers: int) -> in
             code = _stop_workers(procs)
         log.info("workers_stopped", workers=workers, requested=stopping)
         return 0 if stopping and code == 0 else 1
+
+
+def exit_with_supervisor() -> None:
+    """Make this worker stop when its supervisor is gone, ``kill -9`` included.
+
+    Without it the worker would be reparented and go on serving the port alone, outside any
+    supervision. Polls the parent pid (`SUPERVISOR_CHECK_SECONDS`) and sends itself SIGTERM,
+    which drains in-flight requests like any stop."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(SUPERVISOR_CHECK_SECONDS)
+        log.warning("supervisor_gone", supervisor_pid=supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> int:

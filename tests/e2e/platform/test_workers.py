@@ -66,6 +66,43 @@ def test_workers_share_one_port_and_stop_on_sigterm(
             proc.wait()
 
 
+def test_workers_stop_when_their_supervisor_is_killed(
+    clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """kill -9 of the supervisor: its workers notice, drain and exit instead of serving on unsupervised."""
+    env = service_env(clean_db, tmp_path, FEINT_REDIS_URL=redis_url, FEINT_REDIS_KEY_PREFIX=redis_prefix)
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="feint-workers-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    workers: list[psutil.Process] = []
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + START_SECONDS_MAX
+        while not (len(workers) == 2 and _healthy(port)):
+            workers = parent.children()
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    gone, alive = psutil.wait_procs(workers, timeout=START_SECONDS_MAX)
+    assert not alive, Path(log.name).read_text()[-2000:]
+    assert len(gone) == 2 and "supervisor_gone" in Path(log.name).read_text()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_workers_without_redis_refused(clean_db: str, tmp_path: Path) -> None:
     """More than one worker without Redis exits 2 naming FEINT_REDIS_URL (limits would be per process)."""
     env = service_env(clean_db, tmp_path)
