@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+import structlog
+
 from feint.errors import ConfigError, DependencyUnavailable, FeintError, NotFound
+
+log = structlog.get_logger(component="feint.backup.storage")
 
 MIB = 1024 * 1024
 PART_BYTES_MIN = 8 * MIB
@@ -110,23 +114,34 @@ class LocalWriter:
     def write(self, data: bytes) -> None:
         if self._file is None:
             raise StorageError(f"{self._path}: write after commit or abort")
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise StorageError(f"{self._path}: writing failed: {exc.strerror or exc}") from exc
         self._bytes += len(data)
 
     def commit(self) -> int:
         if self._file is None:
             raise StorageError(f"{self._path}: commit after commit or abort")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        os.replace(self._temporary, self._path)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self._temporary, self._path)
+        except OSError as exc:
+            raise StorageError(f"{self._path}: writing failed: {exc.strerror or exc}") from exc
         return self._bytes
 
     def abort(self) -> None:
+        """Discard the partial file. Closing may fail again (a full disk refuses the buffered
+        bytes): that is the failure being aborted, so it is logged, and the file still removed."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as exc:
+                log.info("backup_partial_close_failed", path=str(self._temporary), error=exc.strerror or str(exc))
         self._temporary.unlink(missing_ok=True)
 
 
