@@ -537,7 +537,7 @@ def _backup_to_full_disk(env: dict[str, str], home: Path, problems: list[str]) -
         print(f"  backup to a full disk: exit {result.returncode}; {result.stderr.strip()[-200:]!r}; left: {leftovers}")
         if result.returncode == 0:
             problems.append("feint backup create reported success on a 16 KiB disk")
-        elif "Traceback" in result.stderr or "No space left" not in result.stderr:
+        elif "Traceback" in result.stderr or "No space left" not in " ".join(result.stderr.split()):
             problems.append(f"no clear error for a full disk: {result.stderr.strip()[-300:]!r}")
         if leftovers:
             problems.append(f"a failed backup left files on the target: {leftovers}")
