@@ -147,6 +147,9 @@ class Honeytokens:
         label, random_bytes, tag_bytes = _TAGGED[kind]
         if len(raw) != random_bytes + tag_bytes:
             return None
+        spelled = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        if kind is TokenKind.API_KEY and spelled != value[len(API_KEY_PREFIX) :]:
+            return None  # 43 base64 digits carry 2 spare bits: only the one spelling we minted counts
         expected = self._tag(label, raw[:random_bytes], tag_bytes)
         return kind if hmac.compare_digest(expected, raw[random_bytes:]) else None
 
