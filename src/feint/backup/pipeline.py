@@ -114,6 +114,9 @@ class _HashingSink(io.RawIOBase):
         self._write = write
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        # Tink calls write() from C++ and wraps what it raises in its own error: the original
+        # (a full disk, an S3 failure) is kept here so that it is the one reported.
+        self.failure: FeintError | None = None
 
     def writable(self) -> bool:
         return True
@@ -122,7 +125,11 @@ class _HashingSink(io.RawIOBase):
         block = bytes(data)
         self.sha256.update(block)
         self.bytes += len(block)
-        self._write(block)
+        try:
+            self._write(block)
+        except FeintError as exc:
+            self.failure = exc
+            raise
         return len(block)
 
 
@@ -334,10 +341,12 @@ def _stream_dump(
         compressed_bytes += len(tail)
         encrypting.write(tail)
         encrypting.close()
-    except BaseException:
+    except BaseException as exc:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if sink.failure is not None and exc is not sink.failure:
+            raise sink.failure from None  # what Tink wrapped: the storage's own, clear error
         raise
     finally:
         proc.stdout.close()

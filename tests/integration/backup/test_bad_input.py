@@ -141,3 +141,27 @@ class _Renamed:
 
     def reader(self, key: str):  # type: ignore[no-untyped-def]
         return self._inner.reader(self._real if key == self._alias else key)
+
+
+def test_full_disk_is_named_and_leaves_no_partial_file(
+    keyset: BackupKeys, tmp_path: Path, filled_ledger: LedgerWriter, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target refuses bytes (ENOSPC from /dev/full, raised inside Tink's stream): the storage's own
+    error naming the object and the cause comes out, not Tink's wrapper, and no file is left."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux) to refuse writes")
+    from feint.backup import storage as storage_module
+
+    real_init = storage_module.LocalWriter.__init__
+
+    def full_disk(self: storage_module.LocalWriter, path: Path) -> None:
+        real_init(self, path)
+        assert self._file is not None
+        self._file.close()
+        self._file = open("/dev/full", "wb")  # closed by the writer's commit or abort
+
+    monkeypatch.setattr(storage_module.LocalWriter, "__init__", full_disk)
+    storage = LocalStorage(tmp_path / "b")
+    with pytest.raises(storage_module.StorageError, match="writing failed: No space left on device"):
+        pipeline.create_backup(database_url=clean_db, storage=storage, keys=keyset)
+    assert [p for p in (tmp_path / "b").rglob("*") if p.is_file()] == []
