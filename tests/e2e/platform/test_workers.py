@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import psutil
@@ -22,10 +23,10 @@ START_SECONDS_MAX = 60
 _SEEN = re.compile(r'^feint_http_requests_total\{[^}]*route="/metrics"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
-def test_workers_share_one_port_and_stop_on_sigterm(
+def _start_two_workers(
     clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
-) -> None:
-    """Two workers listen on the port, fresh connections reach both, SIGTERM stops all with exit 0."""
+) -> tuple[subprocess.Popen[bytes], int, IO[bytes]]:
+    """`feint serve credits --workers 2` on a free port, its output in a named log file."""
     env = service_env(clean_db, tmp_path, FEINT_REDIS_URL=redis_url, FEINT_REDIS_KEY_PREFIX=redis_prefix)
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="feint-workers-", suffix=".log", delete=False)
@@ -35,6 +36,14 @@ def test_workers_share_one_port_and_stop_on_sigterm(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    return proc, port, log
+
+
+def test_workers_share_one_port_and_stop_on_sigterm(
+    clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Two workers listen on the port, fresh connections reach both, SIGTERM stops all with exit 0."""
+    proc, port, log = _start_two_workers(clean_db, redis_url, redis_prefix, tmp_path)
     try:
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + START_SECONDS_MAX
@@ -70,15 +79,7 @@ def test_workers_stop_when_their_supervisor_is_killed(
     clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """kill -9 of the supervisor: its workers notice, drain and exit instead of serving on unsupervised."""
-    env = service_env(clean_db, tmp_path, FEINT_REDIS_URL=redis_url, FEINT_REDIS_KEY_PREFIX=redis_prefix)
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="feint-workers-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc, port, log = _start_two_workers(clean_db, redis_url, redis_prefix, tmp_path)
     workers: list[psutil.Process] = []
     try:
         parent = psutil.Process(proc.pid)

@@ -55,7 +55,7 @@ def docroot(name: str, root: Path) -> persona.Persona:
 
 
 @contextmanager
-def _workdir() -> Iterator[Path]:
+def workdir() -> Iterator[Path]:
     """A directory the servers' www-data workers can read (pytest's tmp dirs are 0700)."""
     path = Path(tempfile.mkdtemp(prefix="feint-real-"))
     path.chmod(0o755)
@@ -77,7 +77,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def nginx(binary: str, site_of: str, *, main_edits: dict[str, str], upstream_conf: bool = False) -> Iterator[int]:
     """Debian's nginx with /etc/nginx (or nginx's upstream default server block), ``main_edits`` applied."""
-    with _workdir() as work:
+    with workdir() as work:
         conf = work / "conf"
         shutil.copytree("/etc/nginx", conf, symlinks=False)
         root = work / "html"
@@ -121,7 +121,7 @@ def nginx(binary: str, site_of: str, *, main_edits: dict[str, str], upstream_con
 @contextmanager
 def apache(binary: str, site_of: str, *, security: dict[str, str]) -> Iterator[int]:
     """Debian's apache2 with /etc/apache2, the security.conf directives in ``security`` changed."""
-    with _workdir() as work:
+    with workdir() as work:
         conf = work / "apache2"
         shutil.copytree("/etc/apache2", conf, symlinks=False)
         docroot(site_of, work / "html")
@@ -185,7 +185,7 @@ def tomcat(site_of: str) -> Iterator[int]:
     """Debian's tomcat10 (10.1) run from /usr/share/tomcat10 as this user, the persona's site as ROOT."""
     if not (TOMCAT_HOME / "bin" / "catalina.sh").is_file():
         raise FileNotFoundError(f"{TOMCAT_HOME}/bin/catalina.sh (apt-get install tomcat10)")
-    with _workdir() as work:
+    with workdir() as work:
         base = work / "base"
         shutil.copytree("/etc/tomcat10", base / "conf", symlinks=False)
         port = free_port()

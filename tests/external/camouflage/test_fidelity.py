@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +20,8 @@ IDENTICAL_SHARE_MIN = 0.95
 @pytest.fixture
 def www() -> Iterator[Path]:
     """A docroot parent the servers' workers can read (pytest's tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="feint-fidelity-"))
-    path.chmod(0o755)
-    try:
+    with real_servers.workdir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
