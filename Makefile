@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev up test lint security bench load chaos format clean deploy-tools deploy-debian-tools deploy-check dr-drill
+.PHONY: install install-dev up test lint security audit bench load chaos format clean deploy-tools deploy-debian-tools deploy-check dr-drill
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -43,6 +43,10 @@ lint: install-dev
 ## security: bandit static analysis of src/ (fails on any finding not skipped with a reason in pyproject.toml)
 security: install-dev
 	$(BIN)/bandit -q -c pyproject.toml -r src/feint
+
+## audit: the pinned dependencies against PyPI's vulnerability data (pip-audit's source; needs PyPI)
+audit: install
+	$(BIN)/python tests/audit_deps.py requirements.lock
 
 format: install-dev
 	$(BIN)/ruff format src tests $(wildcard bench)

@@ -18,4 +18,12 @@ DESCRIPTION = (
 
 
 def create(platform: Platform) -> FastAPI:
-    return create_app("camouflage", platform=platform, routers=[router, labels.router], description=DESCRIPTION)
+    # Its pod carries the site's traffic and decoy selection falls back to PostgreSQL without
+    # Redis, so a Redis outage must not take the gateway out of service (/ready stays 200).
+    return create_app(
+        "camouflage",
+        platform=platform,
+        routers=[router, labels.router],
+        description=DESCRIPTION,
+        redis_optional=True,
+    )

@@ -456,7 +456,7 @@ def scope(required: KeyScope) -> Callable[..., Awaitable[RequestContext]]:
 # --- the factory --------------------------------------------------------------------------
 
 
-def _probes(service: str) -> APIRouter:
+def _probes(service: str, *, redis_optional: bool = False) -> APIRouter:
     router = APIRouter(tags=["probes"])
 
     @router.get("/health", summary="The process is alive.")
@@ -467,6 +467,7 @@ def _probes(service: str) -> APIRouter:
     async def ready(request: Request) -> dict[str, Any]:
         platform: Platform = request.app.state.platform
         checks: dict[str, str] = {}
+        status = "ready"
         try:
             await platform.db.ping()
             checks["database"] = "ok"
@@ -477,8 +478,13 @@ def _probes(service: str) -> APIRouter:
                 await platform.redis.ping()
                 checks["redis"] = "ok"
             except DependencyUnavailable as exc:
-                raise DependencyUnavailable("redis is not reachable", dependency="redis") from exc
-        return {"status": "ready", "service": service, "checks": checks}
+                if not redis_optional:
+                    raise DependencyUnavailable("redis is not reachable", dependency="redis") from exc
+                # The service works without it (the gateway's bandit falls back to PostgreSQL):
+                # taking every replica out of service for a shared cache would stop the site.
+                checks["redis"] = "unavailable"
+                status = "degraded"
+        return {"status": status, "service": service, "checks": checks}
 
     @router.get("/v1/whoami", summary="The caller's key: tenant, scope and key id.", tags=["keys"])
     async def whoami(ctx: RequestContext = Depends(scope("read"))) -> dict[str, Any]:
@@ -507,8 +513,12 @@ def create_app(
     on_startup: Sequence[Callable[[Platform], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[Platform], Awaitable[None]]] = (),
     inner: Sequence[type[Any]] = (),
+    redis_optional: bool = False,
 ) -> FastAPI:
     """A service app with the shared plumbing; ``routers`` carry the domain routes.
+
+    ``redis_optional``: the service keeps working while Redis is down, so ``/ready`` stays 200
+    (status ``degraded``, ``checks.redis`` ``unavailable``) instead of 503.
 
     ``inner``: ASGI layers (constructed as ``cls(app, platform=platform)``) placed inside the
     platform middleware, in front of the router: hand-dispatched hot routes (`feint.credits.hot`)."""
@@ -547,7 +557,7 @@ def create_app(
     app.add_exception_handler(FeintError, _feint_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.include_router(_probes(service))
+    app.include_router(_probes(service, redis_optional=redis_optional))
     for router in routers:
         app.include_router(router)
     for layer in reversed(inner):

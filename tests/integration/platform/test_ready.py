@@ -53,6 +53,20 @@ async def test_ready_names_redis(clean_db: str, make_settings: Callable[..., Set
         assert response.json()["dependency"] == "redis"
 
 
+async def test_camouflage_stays_ready_without_redis(clean_db: str, make_settings: Callable[..., Settings]) -> None:
+    """The gateway's pod stays in service with Redis down (its bandit falls back to PostgreSQL):
+    /ready is 200 and says degraded; the database is still required."""
+    from feint.camouflage.app import create as create_camouflage
+
+    settings = make_settings(database_url=clean_db, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    platform = build(settings, database_url=clean_db)
+    async with serve_app(create_camouflage(platform)) as client:
+        response = await client.get("/ready")
+        assert response.status_code == 200
+        assert response.json()["status"] == "degraded"
+        assert response.json()["checks"] == {"database": "ok", "redis": "unavailable"}
+
+
 async def test_ready_with_redis(clean_db: str, redis_url: str, make_settings: Callable[..., Settings]) -> None:
     """With Redis up, /ready checks both dependencies."""
     platform = build(make_settings(database_url=clean_db, redis_url=redis_url), database_url=clean_db)
