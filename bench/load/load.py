@@ -1,8 +1,9 @@
 """`make load`: the platform under a realistic mix, with locust, on this machine.
 
-Starts credits and shadow (``--workers`` processes each; two with ``FEINT_REDIS_URL``, which they
-share their limits and cache through), camouflage with its gateway (one process: its decoy
-sessions live there) and the demo shop the gateway protects, as processes of their own on a
+Starts credits and shadow (``--workers`` processes each, default one: on 2 cores shared with
+locust, PostgreSQL and Redis a second worker added no capacity; above one needs
+``FEINT_REDIS_URL``), camouflage with its gateway (one process: its decoy sessions live there)
+and the demo shop the gateway protects, as processes of their own on a
 fresh database (``FEINT_DATABASE_URL`` as a superuser URL, else the embedded PostgreSQL), makes a
 tenant with funded accounts, then:
 
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -373,15 +375,22 @@ def locust(
     log = Path(f"{prefix}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=run_env, stdout=out, stderr=subprocess.STDOUT)
-        watched = {**pids, "locust": proc.pid}
-        samples = [sample(watched)]
-        deadline = time.monotonic() + ramp + SETTLE_SECONDS + seconds + 300
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                sys.exit(f"locust did not finish; its log: {log}")
-            time.sleep(SAMPLE_SECONDS)
-            samples.append(sample(watched))
+        try:
+            watched = {**pids, "locust": proc.pid}
+            samples = [sample(watched)]
+            deadline = time.monotonic() + ramp + SETTLE_SECONDS + seconds + 300
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    sys.exit(f"locust did not finish; its log: {log}")
+                time.sleep(SAMPLE_SECONDS)
+                samples.append(sample(watched))
+        finally:
+            if proc.poll() is None:  # stopped early (SIGTERM, Ctrl-C): locust and its processes too
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     documents = [json.loads(path.read_text()) for path in prefix.parent.glob(f"{prefix.name}.window.*.json")]
     if not documents:
         tail = log.read_text(errors="replace")[-3000:]
@@ -413,9 +422,14 @@ def _line(rate: int, run: Run, *, p95_ms: float) -> str:
     achieved, p95, failures = served(run.measured)
     ok = sustainable(run.measured, p95_ms=p95_ms)
     window = f"{run.measured.seconds:g} s window{'' if run.measured.covered else ', NOT covered'}"
+    worst = max(
+        (name for name in run.measured.endpoints if name != BOT_NAME),
+        key=lambda name: run.measured.endpoints[name].percentile(0.95),
+        default="-",
+    )
     return (
         f"{rate:>5}/s: achieved {achieved:7.1f}/s of {run.measured.offered:.0f}/s offered by visitors and services "
-        f"({window}), worst p95 {p95:.1f} ms, "
+        f"({window}), worst p95 {p95:.1f} ms ({worst}), "
         f"failures {failures} -> {'sustained' if ok else 'NOT sustained'}\n        {_cpu(run)}"
     )
 
@@ -497,13 +511,16 @@ def main() -> int:
     parser.add_argument("--baseline-seconds", type=int, default=20, help="measured length of the harness baseline")
     parser.add_argument("--no-search", action="store_true", help="the baseline and the soak only")
     parser.add_argument("--locust-processes", type=int, default=1, help="locust processes generating the load")
-    default_workers = 2 if os.environ.get("FEINT_REDIS_URL") else 1
     parser.add_argument(
-        "--workers", type=int, default=default_workers,
-        help="processes of credits and of shadow (above 1 needs FEINT_REDIS_URL; camouflage is always one)",
+        "--workers", type=int, default=1,
+        help="processes of credits and of shadow (above 1 needs FEINT_REDIS_URL; camouflage is always one); "
+        "one each sustained 500/s on 2 shared cores, two each 400/s (bench/load/RESULTS.md)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "load-report", help="CSV and HTML reports")
     args = parser.parse_args()
+    # SIGTERM (a `timeout`, a CI cancel) unwinds like Ctrl-C: locust and the services are stopped
+    # and the run's database is dropped, rather than left running.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if args.workers > 1 and not os.environ.get("FEINT_REDIS_URL"):
         parser.error("--workers above 1 needs FEINT_REDIS_URL (the workers share rate limits and cache there)")
     args.out.mkdir(parents=True, exist_ok=True)
