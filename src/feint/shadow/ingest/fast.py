@@ -105,15 +105,35 @@ def text_sql(expr: str) -> str:
 
 
 def _request_sql(parts: str) -> str:
-    """``split_request`` as columns, from ``parts``: the line split on single spaces (no newline in it)."""
+    """``split_request`` as columns, from ``parts``: the line split on single spaces (no newline in it).
+
+    The target is left whole (``cs_uri_target``): ``split_targets`` cuts it into stem and query in
+    Arrow (DuckDB's ``strpos``/``left``/``substr`` count characters, 0.45 CPU-s per 1M lines)."""
     ok = f"(len({parts}) IN (2, 3) AND regexp_full_match({parts}[1], {literal(METHOD_CHARS)}) AND {parts}[2] <> '')"
-    target, mark = f"{parts}[2]", f"strpos({parts}[2], '?')"
     return f"""
         CASE WHEN {ok} THEN {parts}[1] END AS cs_method,
-        CASE WHEN {ok} THEN NULLIF(CASE WHEN {mark} = 0 THEN {target} ELSE left({target}, {mark} - 1) END, '') END
-            AS cs_uri_stem,
-        CASE WHEN {ok} AND {mark} > 0 THEN NULLIF(substr({target}, {mark} + 1), '') END AS cs_uri_query,
+        CASE WHEN {ok} THEN {parts}[2] END AS cs_uri_target,
         CASE WHEN {ok} AND len({parts}) = 3 THEN NULLIF({parts}[3], '') END AS cs_version"""
+
+
+_NULL_TEXT: Final = pa.scalar(None, pa.string())
+
+
+def _none_if_empty(column: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(column, ""), _NULL_TEXT, column)
+
+
+def split_targets(table: pa.Table) -> pa.Table:
+    """``cs_uri_target`` cut at its first ``?`` into ``cs_uri_stem`` and ``cs_uri_query``, an empty
+    part missing (``record.split_target``), by Arrow's byte-wise kernels."""
+    target = table.column("cs_uri_target").combine_chunks().cast(pa.string())
+    parts = pc.split_pattern(target, pattern="?", max_splits=1)
+    stem = pc.list_element(parts, 0)
+    has_query = pc.equal(pc.fill_null(pc.list_value_length(parts), 0), 2).to_numpy(zero_copy_only=False)
+    second = parts.offsets.to_numpy()[:-1] + 1
+    query = parts.values.take(pa.array(second, mask=~has_query))
+    table = table.drop_columns(["cs_uri_target"])
+    return table.append_column("cs_uri_stem", _none_if_empty(stem)).append_column("cs_uri_query", _none_if_empty(query))
 
 
 # One row per line that is not blank: ``ok`` when read here, else refused. The ``*_raw`` columns
@@ -292,7 +312,7 @@ def query_block(connection: duckdb.DuckDBPyConnection, block: Block, sql: str, *
 def parse_combined_block(connection: duckdb.DuckDBPyConnection, block: Block, *, prefix: str) -> Parsed:
     """Combined and common lines of a block; see the module's notes for what is refused."""
     table, refused = split_refused(query_block(connection, block, _COMBINED_SQL, prefix=prefix))
-    return Parsed(as_records(_fix_combined(table)), [(position, None) for position in refused])
+    return Parsed(as_records(_fix_combined(split_targets(table))), [(position, None) for position in refused])
 
 
 def _w3c_sql(fields: Sequence[str]) -> str:
