@@ -18,6 +18,7 @@ second every ``LINES_PER_SECOND`` lines, and the byte count is
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -129,3 +130,63 @@ def cached_log(
     (folder / "access.log.gz.partial").replace(packed)
     partial.replace(plain)
     return plain, packed, labels
+
+
+# JSON lines as the gateway's decision log writes them (``Decision.to_json``, compact separators,
+# ``ensure_ascii``: non-ASCII text as \\u escapes), one pool request per line.
+JSON_GENERATOR_VERSION = 1
+_TENANT = "6f1c0c55-3a59-4e43-9a35-0f3e7d2a1b90"
+
+
+def _json_rests(pool: pa.Table, is_attack: np.ndarray) -> pa.Array:
+    """Per pool request, its JSON object after the id and time: ``,"c-ip":...}``."""
+    rows = pool.to_pylist()
+    rests = []
+    for index, row in enumerate(rows):
+        attack = bool(is_attack[index])
+        explanation = [{"signal": "rule", "points": 4.0, "detail": "sqli probe"}] if attack else []
+        document = {
+            "c-ip": row["c_ip"], "cs-method": row["cs_method"], "cs-uri-stem": row["cs_uri_stem"],
+            "cs-uri-query": row["cs_uri_query"], "cs-user-agent": row["cs_user_agent"],
+            "cs-referer": row["cs_referer"], "sc-status": row["sc_status"], "cs-host": row["cs_host"],
+            "cs-version": row["cs_version"], "request": row["request_line"], "tenant_id": _TENANT,
+            "client_key": f"k{index % 9973}", "fingerprint": f"{index * 2654435761 % 2**32:08x}",
+            "threat": 6 if attack else 0, "action": "divert" if attack else "allow", "diverted": attack,
+            "gateway_error": False, "explanation": explanation, "rules": ["sqli-probe"] if attack else [],
+            "ruleset_version": 3, "rules_tag": "v3", "rollout_id": None, "canary": False,
+            "eval_latency_us": round(9.5 + index % 97 / 10, 1), "session": None, "persona": None, "arm": None,
+        }  # fmt: skip
+        rests.append(json.dumps(document, separators=(",", ":"))[1:])
+    return pa.array(rests, pa.string())
+
+
+def write_json_log(path: Path, pool: pa.Table, is_attack: np.ndarray, *, lines: int, seed: int) -> None:
+    """``lines`` JSON lines at ``path``: ids ``d<line>``, times 250 ms apart, pool requests drawn at random."""
+    rests = _json_rests(pool, is_attack)
+    rng = np.random.default_rng(seed)
+    with path.open("wb") as out:
+        for first in range(0, lines, CHUNK_LINES):
+            count = min(CHUNK_LINES, lines - first)
+            line = np.arange(first, first + count, dtype=np.int64)
+            times = pa.array(START.astype("datetime64[ms]") + line * 250)
+            stamp = pc.strftime(times, format="%Y-%m-%dT%H:%M:%S")
+            ids = pa.array(line + 1).cast(pa.string())
+            picks = pa.array(rng.integers(0, len(rests), count))
+            parts = ['{"id":"d', ids, '","time":"', stamp, '+00:00",', rests.take(picks), "\n"]
+            joined = pc.binary_join_element_wise(*parts, "").cast(pa.large_string())
+            offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + count + 1]
+            out.write(joined.buffers()[2][int(offsets[0]) : int(offsets[-1])])
+
+
+def cached_json_log(*, lines: int, seed: int, pool: Callable[[], tuple[pa.Table, np.ndarray]], cache: Path) -> Path:
+    """The JSON-lines log, generated once per key."""
+    folder = cache / f"jsonl-v{JSON_GENERATOR_VERSION}-{lines}-s{seed}"
+    plain = folder / "decisions.jsonl"
+    if plain.exists():
+        return plain
+    folder.mkdir(parents=True, exist_ok=True)
+    table, is_attack = pool()
+    partial = folder / "decisions.jsonl.partial"
+    write_json_log(partial, table, is_attack, lines=lines, seed=seed)
+    partial.replace(plain)
+    return plain

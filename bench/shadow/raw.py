@@ -61,30 +61,80 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bound(log: Path) -> tuple[int, float, float]:
-    """Rows, seconds and CPU-seconds of one regexp_extract query over the file's lines."""
+def _over_lines(log: Path, expression: str) -> tuple[int, int, float, float]:
+    """Rows, rows where ``expression`` (of ``line``) is not NULL, seconds and CPU-seconds of one
+    DuckDB query over the file's whole lines (every core)."""
     import duckdb
 
-    from feint.shadow.ingest.fast import COMBINED_PATTERN
-
-    pattern = COMBINED_PATTERN.replace("'", "''")
     path = str(log).replace("'", "''")
     query = f"""
-        SELECT count(*), count(NULLIF(g.ip, '')) FROM (
-            SELECT regexp_extract(line, '{pattern}', ['ip', 'time', 'request', 'status', 'referer', 'agent']) AS g
+        SELECT count(*), count(v) FROM (
+            SELECT {expression} AS v
             FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, delim = '{_NEVER}', quote = '', escape = '',
                           header = false, auto_detect = false))
     """
     connection = duckdb.connect()
     try:
         started, cpu = time.perf_counter(), _cpu_seconds()
-        ((rows, matched),) = connection.sql(query).fetchall()
+        ((rows, found),) = connection.sql(query).fetchall()
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     finally:
         connection.close()
+    return int(rows), int(found), seconds, cpu
+
+
+def bound(log: Path) -> tuple[int, float, float]:
+    """Rows, seconds and CPU-seconds of one regexp_extract query over the file's lines."""
+    from feint.shadow.ingest.fast import COMBINED_PATTERN
+
+    pattern = COMBINED_PATTERN.replace("'", "''")
+    groups = f"regexp_extract(line, '{pattern}', ['ip', 'time', 'request', 'status', 'referer', 'agent'])"
+    rows, matched, seconds, cpu = _over_lines(log, f"NULLIF({groups}.ip, '')")
     if matched != rows:
         raise RuntimeError(f"the bound matched {matched} of {rows} lines")
-    return int(rows), seconds, cpu
+    return rows, seconds, cpu
+
+
+def json_bound(log: Path) -> tuple[int, float, float]:
+    """Rows, seconds and CPU-seconds of one DuckDB query extracting the mapped keys of every JSON line."""
+    from feint.shadow.ingest.jsonl import KEYS
+
+    paths = ", ".join(f"'$.\"{key}\"'" for key in KEYS)
+    rows, _, seconds, cpu = _over_lines(log, f"json_extract(line, [{paths}])")
+    return rows, seconds, cpu
+
+
+def run_json(log: Path, scratch: Path, *, threads: int | None) -> dict[str, Any]:
+    """Ingest of a JSON-lines log: lines/s, and its ratio to one DuckDB ``json_extract`` pass."""
+    print(f"-- {log.name} ({log.stat().st_size / 2**20:,.0f} MiB); {load()}", flush=True)
+    rows, bound_seconds, bound_cpu = json_bound(log)
+    print(f"bound (DuckDB json_extract)    {rows / bound_seconds:>12,.0f} lines/s  ({bound_seconds:.1f} s, "
+          f"{bound_cpu:.1f} CPU-s)", flush=True)  # fmt: skip
+    wall, rss, _ = ingest_child(log, scratch, rows=rows, bound=(bound_seconds, bound_cpu), threads=threads)
+    (scratch / "traffic.parquet").unlink()
+    print(f"-- after: {load()}", flush=True)
+    return {"log": log.name, "lines": rows, "bound_seconds": bound_seconds, "ingest_seconds": wall,
+            "ingest_rss_gib": rss}  # fmt: skip
+
+
+def ingest_child(
+    log: Path, scratch: Path, *, rows: int, bound: tuple[float, float], threads: int | None
+) -> tuple[float, float, int]:
+    """``feint shadow ingest`` of ``log`` in a child process, printed with its ratio to the bound;
+    returns wall seconds, peak RSS (GiB) and malformed lines."""
+    feint = str(Path(sys.executable).with_name("feint"))
+    command = [feint, "shadow", "ingest", str(log), "--out", str(scratch / "traffic.parquet")]
+    if threads:
+        command += ["--threads", str(threads)]
+    wall, rss, output, cpu = child(command)
+    report = json.loads(output)
+    if report["rows"] + report["malformed"] != rows:
+        raise RuntimeError(f"ingest read {report['rows']} + {report['malformed']} of {rows} lines")
+    print(f"ingest (feint shadow ingest)   {rows / wall:>12,.0f} lines/s  ({wall:.1f} s with the CLI's start-up, "
+          f"{cpu:.1f} CPU-s, peak RSS {rss:.2f} GiB, {report['malformed']} malformed)", flush=True)  # fmt: skip
+    print(f"ratio ingest / bound           {bound[0] / wall:>12.2f}  (of CPU-seconds: {bound[1] / cpu:.2f})",
+          flush=True)  # fmt: skip
+    return wall, rss, int(report["malformed"])
 
 
 def child(command: list[str]) -> tuple[float, float, str, float]:
@@ -128,26 +178,16 @@ def evaluate_child(traffic: Path, labels: Path, out: Path, threads: int | None) 
 def run(logs: list[Path], labels: Path, scratch: Path, *, threads: int | None, evaluate: bool) -> list[dict[str, Any]]:
     """The figures of each log, printed as they come."""
     script = str(Path(__file__).resolve().parent / "run.py")
-    feint = str(Path(sys.executable).with_name("feint"))
     results = []
     for log in logs:
         print(f"-- {log.name} ({log.stat().st_size / 2**20:,.0f} MiB); {load()}", flush=True)
         rows, bound_seconds, bound_cpu = bound(log)
         print(f"bound (DuckDB regexp_extract)  {rows / bound_seconds:>12,.0f} lines/s  ({bound_seconds:.1f} s, "
               f"{bound_cpu:.1f} CPU-s)", flush=True)  # fmt: skip
-        command = [feint, "shadow", "ingest", str(log), "--out", str(scratch / "traffic.parquet")]
-        if threads:
-            command += ["--threads", str(threads)]
-        wall, rss, output, cpu = child(command)
-        report = json.loads(output)
-        if report["rows"] + report["malformed"] != rows:
-            raise RuntimeError(f"ingest read {report['rows']} + {report['malformed']} of {rows} lines")
+        wall, rss, malformed = ingest_child(log, scratch, rows=rows, bound=(bound_seconds, bound_cpu),
+                                            threads=threads)  # fmt: skip
         result = {"log": log.name, "lines": rows, "bound_seconds": bound_seconds, "ingest_seconds": wall,
-                  "ingest_rss_gib": rss, "malformed": report["malformed"]}  # fmt: skip
-        print(f"ingest (feint shadow ingest)   {rows / wall:>12,.0f} lines/s  ({wall:.1f} s with the CLI's start-up, "
-              f"{cpu:.1f} CPU-s, peak RSS {rss:.2f} GiB, {report['malformed']} malformed)", flush=True)  # fmt: skip
-        print(f"ratio ingest / bound           {bound_seconds / wall:>12.2f}  (of CPU-seconds: {bound_cpu / cpu:.2f})",
-              flush=True)  # fmt: skip
+                  "ingest_rss_gib": rss, "malformed": malformed}  # fmt: skip
         (scratch / "traffic.parquet").unlink()
         if evaluate:
             command = [sys.executable, script, "--raw-child", str(log), str(labels), str(scratch)]

@@ -6,6 +6,7 @@ a Parquet dataset and from a raw nginx log of 10M distinct lines (plain and gzip
     .venv/bin/python bench/shadow/run.py --rows 200000 --threads 2 --raw-lines 1000000
     .venv/bin/python bench/shadow/run.py --rows 0     # the raw-log part alone
     .venv/bin/python bench/shadow/run.py --raw-lines 0   # the Parquet part alone
+    .venv/bin/python bench/shadow/run.py --rows 0 --raw-lines 0 --json-lines 1000000   # JSON-lines ingest alone
 
 The raw-log part (``raw.py``, ``logs.py``) prints ingest lines/s, the DuckDB bound and their ratio,
 and the end-to-end evaluation's wall time and peak RSS; the log is generated once and cached.
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: every core)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--raw-lines", type=int, default=10_000_000, help="lines of the raw log (0: skip)")
+    parser.add_argument("--json-lines", type=int, default=0, help="lines of a JSON-lines log, ingest only (0: skip)")
     parser.add_argument("--no-raw-evaluate", action="store_true", help="raw log: bound and ingest only")
     parser.add_argument("--cache", type=Path, default=logs.cache_dir(), help="where generated logs are kept")
     parser.add_argument("--child", nargs=3, metavar=("TRAFFIC", "LABELS", "OUT"), help=argparse.SUPPRESS)
@@ -146,6 +148,8 @@ def main() -> None:
         parquet_benchmark(rows, args.seed, args.threads)
     if args.raw_lines:
         raw_benchmark(args.raw_lines, args.seed, args.threads, evaluate=not args.no_raw_evaluate, cache=args.cache)
+    if args.json_lines:
+        json_benchmark(args.json_lines, args.seed, args.threads, cache=args.cache)
 
 
 def raw_benchmark(lines: int, seed: int, threads: int | None, *, evaluate: bool, cache: Path) -> None:
@@ -158,6 +162,15 @@ def raw_benchmark(lines: int, seed: int, threads: int | None, *, evaluate: bool,
           f"{time.perf_counter() - started:.1f} s)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="feint-bench-raw-") as scratch:
         raw.run([plain, packed], labels, Path(scratch), threads=threads, evaluate=evaluate)
+
+
+def json_benchmark(lines: int, seed: int, threads: int | None, *, cache: Path) -> None:
+    started = time.perf_counter()
+    log = logs.cached_json_log(lines=lines, seed=seed, pool=lambda: _pool(seed), cache=cache)
+    print(f"== JSON lines: {lines:,} gateway decision records ({log.parent}, ready in "
+          f"{time.perf_counter() - started:.1f} s)")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="feint-bench-json-") as scratch:
+        raw.run_json(log, Path(scratch), threads=threads)
 
 
 def parquet_benchmark(rows: int, seed: int, threads: int | None) -> None:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feint.shadow.errors import TrafficFormatInvalid
-from feint.shadow.ingest import fast
+from feint.shadow.ingest import fast, jsonl
 from feint.shadow.ingest.blocks import BLOCK_BYTES, Block, line_text, read_blocks
 from feint.shadow.ingest.dataset import SCHEMA, to_batch
 from feint.shadow.ingest.reference import (
@@ -222,9 +222,7 @@ def _parser(kind: LogFormat) -> _Parser:
     if kind == "w3c":
         w3c = fast.W3cParser()
         return lambda connection, block, prefix: w3c.parse(connection, block, prefix=prefix)
-    return lambda _connection, block, _prefix: fast.Parsed(
-        fast.empty_records(), [(position, None) for position in range(len(block.lines))]
-    )
+    return lambda connection, block, prefix: jsonl.parse_json_block(connection, block, prefix=prefix)
 
 
 def _block(

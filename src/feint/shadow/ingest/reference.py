@@ -255,7 +255,9 @@ def parse_w3c(raw: bytes, request_id: str, fields: Sequence[str]) -> RequestReco
     )
 
 
-_JSON_KEYS: Final[dict[str, tuple[str, ...]]] = {
+# The JSON-lines mapping: record field -> keys tried in order (the first whose value is not null
+# wins); ``jsonl`` reads the same tables.
+JSON_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "c_ip": ("c-ip", "c_ip", "src_ip"),
     "cs_method": ("cs-method", "cs_method"),
     "cs_uri_stem": ("cs-uri-stem", "cs_uri_stem", "c-uri-stem"),
@@ -266,6 +268,11 @@ _JSON_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "cs_version": ("cs-version", "cs_version"),
     "request_line": ("request", "request_line", "request-line"),
 }
+JSON_ID_KEYS: Final = ("id", "c-request-id")
+JSON_TARGET_KEYS: Final = ("cs-uri", "c-uri", "cs_uri")  # the whole target: stem and query
+# Time and status: the first key's value when the key is present (even null), else the second's.
+JSON_TIME_KEYS: Final = ("time", "timestamp")
+JSON_STATUS_KEYS: Final = ("sc-status", "sc_status")
 
 
 def _first(record: dict[str, Any], keys: Sequence[str]) -> str | None:
@@ -287,11 +294,11 @@ def parse_json(raw: bytes, default_id: str) -> RequestRecord:
     if not isinstance(document, dict):
         raise Malformed("JSON value is not an object")
     record = {str(key).lower(): value for key, value in document.items()}
-    values = {name: _first(record, keys) for name, keys in _JSON_KEYS.items()}
-    request_id = _first(record, ("id", "c-request-id")) or default_id
+    values = {name: _first(record, keys) for name, keys in JSON_KEYS.items()}
+    request_id = _first(record, JSON_ID_KEYS) or default_id
     if len(request_id) > ID_CHARS_MAX:
         raise Malformed(f"id longer than {ID_CHARS_MAX} characters")
-    target = _first(record, ("cs-uri", "c-uri", "cs_uri"))
+    target = _first(record, JSON_TARGET_KEYS)
     if target is not None and values["cs_uri_stem"] is None:
         values["cs_uri_stem"], values["cs_uri_query"] = split_target(target)
     parsed = split_request(values["request_line"])
@@ -304,8 +311,8 @@ def parse_json(raw: bytes, default_id: str) -> RequestRecord:
         )
     return RequestRecord(
         id=request_id,
-        time=iso_time(record.get("time", record.get("timestamp"))),
-        sc_status=_status(record.get("sc-status", record.get("sc_status"))),
+        time=iso_time(record.get(JSON_TIME_KEYS[0], record.get(JSON_TIME_KEYS[1]))),
+        sc_status=_status(record.get(JSON_STATUS_KEYS[0], record.get(JSON_STATUS_KEYS[1]))),
         **{name: (canonical_ip(value) if name == "c_ip" else value) for name, value in values.items()},
     )
 

@@ -8,10 +8,13 @@ import random
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feint.shadow.ingest.blocks import read_blocks
+from feint.shadow.ingest.jsonl import KEYS, parse_json_block
 from feint.shadow.ingest.reference import LINE_BYTES_MAX, PROBE_LINES
 from tests.unit.shadow.ingest.differential import assert_same
 
@@ -160,7 +163,7 @@ def test_large_hostile_file_in_many_blocks(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_json_lines_and_several_files_agree(tmp_path: Path) -> None:
-    """JSON lines (read by the reference) and a dataset of several files, gzip among them."""
+    """JSON lines and a dataset of several files, gzip among them."""
     rows = [{"id": "a", "cs-method": "GET", "cs-uri": "/x?y=1"}, {"request": "POST /z HTTP/1.1", "time": 5},
             {"sc-status": "abc"}, {"c-ip": "2001:DB8::2", "CS-HOST": "h"}]  # fmt: skip
     (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
@@ -169,3 +172,127 @@ def test_json_lines_and_several_files_agree(tmp_path: Path) -> None:
     paths = [tmp_path / "events.jsonl", tmp_path / "access.log", tmp_path / "access.log.1.gz"]
     records = assert_same(paths, tmp_path / "out.parquet")
     assert records[0].id == "a" and records[3].id == "access.log:1"
+
+
+# JSON lines: keys the mapping reads (and their case variants, escapes and duplicates), other keys,
+# values of every JSON type, hostile strings, broken syntax Python refuses and DuckDB would accept.
+JSON_KEY_NAMES = [*KEYS, "C-IP", "Time", "SC-STATUS", "Request", "cs-Host", "c\\u002dip", "ti\\u006de", "other", "",
+                  "c-ip ", "\u00e9", "c-\u0130p", "request\\n", "\u212aey"]  # fmt: skip
+JSON_STRINGS = [
+    "", "-", "a", "/x?y=1", "/?", "?q", "GET / HTTP/1.1", "GET\\n /a HTTP/1.1", "get  /x", "G@T /x HTTP/1.1",
+    "POST /z HTTP/1.1 x", "\\\"", "\\\\", "\\/", "\\u00e9", "\u00e9", "\\ud83d\\ude00", "\U0001f600", "\\ud800",
+    "\\udc00x", "\\ud83d\\ud83d", "\\u0000", "\\u001f", "\t", "\x7f", "\\q", "\\u12", "2001:DB8::1", "::FFFF:1.2.3.4",
+    "1.2.3.4", "200", " 200", "+5", "1_0", "\u0663", "-0", "007", "99999999999", "2147483648", "-2147483648",
+    "2024-03-01T00:00:01Z", "2024-03-01 00:00:01.5", "2024-03-01T00:00:01.1234567", "2024-03-01T00:00:01+05:30",
+    "2024-02-30T00:00:00", "2024-03-01", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+    "2024-03-01T24:00:00", "2024-03-01T00:00:01+24:00", "2024-03-01T00:00:01z", "20240301T000001", "x" * 300,
+]  # fmt: skip
+JSON_CLEAN_STRINGS = [text for text in JSON_STRINGS
+                      if text not in ("\t", "\\q", "\\u12", "\\ud800", "\\udc00x", "\\ud83d\\ud83d")]  # fmt: skip
+JSON_OTHER_VALUES = ["null", "true", "false", "0", "-0", "200", "404.0", "1e5", "1E400", "12345678901234567890123",
+                     "2147483648", "-1", "1700000000", "99999999999", "1.5", "NaN", "Infinity", "-Infinity", "[]",
+                     "[1, \"a\"]", "{}", "{\"a\": {\"b\": [1]}}", "[[[1]]]", "{\"a\": [{\"b\": {\"c\": 1}}]}", "01",
+                     "+1", ".5", "'a'", "tru", "9" * 4301]  # fmt: skip
+JSON_BYTES = [b"\xff", b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xef\xbb\xbf"]
+
+
+@st.composite
+def json_value(draw: st.DrawFn, *, hostile: bool) -> bytes:
+    if draw(st.integers(0, 3 if hostile else 9)) == 0:
+        return draw(
+            st.sampled_from(JSON_OTHER_VALUES if hostile else ["null", "0", "-0", "200", "1700000000"])
+        ).encode()
+    pieces = draw(st.lists(st.sampled_from(JSON_STRINGS if hostile else JSON_CLEAN_STRINGS), max_size=3))
+    text = "".join(pieces).encode("utf-8", "surrogatepass")
+    if hostile and draw(st.integers(0, 15)) == 0:
+        text += draw(st.sampled_from(JSON_BYTES))
+    return b'"' + text + b'"'
+
+
+@st.composite
+def json_line(draw: st.DrawFn) -> bytes:
+    """Half the lines near what a logger writes (mapped keys once each, strings), half hostile throughout."""
+    kind = draw(st.integers(0, 24))
+    if kind == 0:
+        return draw(st.sampled_from([b"", b"  ", b"[1]", b'"x"', b"null", b"{", b"{}}", b"{} {}", b"\xef\xbb\xbf{}"]))
+    if kind == 1:
+        return draw(st.binary(max_size=40)).replace(b"\n", b"")
+    hostile = draw(st.booleans())
+    names = JSON_KEY_NAMES if hostile else [*KEYS, "other", "explanation"]
+    keys = draw(st.lists(st.sampled_from(names), max_size=8, unique=not hostile))
+    members = []
+    for key in keys:
+        space = draw(st.sampled_from([b"", b"", b" ", b"\t", b"\r", b"\x0b"] if hostile else [b"", b" "]))
+        members.append(b'"%s"%s:%s%s' % (key.encode(), space, space, draw(json_value(hostile=hostile))))
+    endings = [b"}", b"}", b"}", b",}", b"} ", b"}\r", b"} x", b"}\x00", b"]"] if hostile else [b"}"]
+    line = b"{" + b",".join(members) + draw(st.sampled_from(endings))
+    if draw(st.integers(0, 30)) == 0:
+        line = b'{"pad": "' + b"p" * draw(st.sampled_from([4070, 4100, 70_000])) + b'", ' + line[1:]
+    return draw(st.sampled_from([b"", b"", b" ", b"\t"])) + line
+
+
+JSON_PROBE = b'{"c-ip": "192.0.2.1", "request": "GET / HTTP/1.1", "sc-status": 200}'
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(lines=st.lists(json_line(), min_size=1, max_size=40), compress=st.booleans(), probed=st.booleans())
+def test_json_lines_agree(lines: list[bytes], compress: bool, probed: bool) -> None:
+    """Every generated JSON line, hostile or not, gives the same record or problem on both paths."""
+    head = [JSON_PROBE] * (PROBE_LINES if probed else 1)
+    content = b"\n".join([*head, *lines]) + b"\n"
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "events.jsonl"
+        path.write_bytes(gzip.compress(content) if compress else content)
+        assert_same([path], Path(scratch) / "out.parquet")
+
+
+def test_json_lines_as_the_gateway_writes_them(tmp_path: Path) -> None:
+    """Decision-log records (nested explanation, ``\\u`` escapes, surrogate pairs) are read by the fast path."""
+    rows = [
+        {"id": f"d{index}", "time": f"2026-12-02T14:{index % 60:02d}:00.{index:06d}+00:00",
+         "c-ip": ["203.0.113.9", "2001:DB8::1", None][index % 3], "cs-method": "GET",
+         "cs-uri-stem": "/caf\u00e9" if index % 2 else "/x", "cs-uri-query": None if index % 5 else "q=\U0001f600",
+         "cs-user-agent": 'Mozilla "5.0" \\', "sc-status": [200, None, "404"][index % 3], "request": None,
+         "explanation": [{"signal": "rule", "points": 4.0, "detail": "x"}], "rules": ["a"], "canary": False}
+        for index in range(300)
+    ]  # fmt: skip
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows))
+    records = assert_same([path], tmp_path / "out.parquet")
+    assert len(records) == 300
+    block = next(read_blocks(path))
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'").fetchall()
+    assert parse_json_block(connection, block, prefix="").refused == []
+
+
+JSON_EDGE_LINES = [
+    b'{"request": "GET\\n /a?b HTTP/1.1"}',  # re.match("^token$") takes "GET\n"
+    b'{"request": "GET\\n\\n /a HTTP/1.1"}',
+    b'{"c-ip": -0, "cs-method": 12, "id": 123456789012345678901234, "cs-host": 1.0, "cs-version": 1e2}',
+    b'{"other": ' + b"9" * 4301 + b', "c-ip": "1.2.3.4"}',  # Python refuses more than 4,300 digits
+    b'{"other": ' + b"9" * 4300 + b', "c-ip": "1.2.3.4"}',
+    b'{"c-ip": "a", "c-ip": "b"}', b'{"C-IP": "a", "c-ip": "b"}', b'{"c-ip": "b", "C-IP": "a"}',
+    b'{"c-ip": "a", "x": {"c-ip": "b"}}', b'{"c\\u002dip": "a", "c-ip": "b"}', b'{"c-ip": "a", "c-ip": null}',
+    b'{"time": null, "timestamp": "2024-03-01T00:00:00Z"}', b'{"timestamp": "2024-03-01T00:00:00Z"}',
+    b'{"time": true}', b'{"time": [1]}', b'{"time": 1.5}', b'{"time": -1}', b'{"time": 99999999999}',
+    b'{"time": "2024-03-01T00:00:00.5"}', b'{"time": "2024-03-01T00:00:00.123456+05:30"}', b'{"time": ""}',
+    b'{"time": "2024-03-01T00:00:00z"}', b'{"time": "0999-03-01T00:00:00+01:00"}', b'{"time": "2024-02-29 12:00:00"}',
+    b'{"sc-status": null, "sc_status": 200}', b'{"sc_status": "404"}', b'{"sc-status": 2147483648}',
+    b'{"sc-status": -2147483648}', b'{"sc-status": "-"}', b'{"sc-status": ""}', b'{"sc-status": " 200"}',
+    b'{"sc-status": true}', b'{"sc-status": 200.0}', b'{"sc-status": "0200"}',
+    b'{"cs-uri-stem": "-", "cs-uri-query": "q", "cs-uri": "/t?u"}', b'{"cs-uri": "?"}', b'{"cs-uri": "/a?"}',
+    b'{"cs-uri-stem": "/s", "cs-uri": true}', b'{"cs-method": "GET", "cs-uri-query": "q"}',
+    b'{"request": "GET /a?b HTTP/1.1", "cs-method": "POST", "cs-uri-stem": ""}', b'{"request": "-"}',
+    b'{"id": ""}', b'{"id": "-", "c-request-id": "r"}', b'{"id": "' + b"i" * 257 + b'"}', b'{"id": "' + b"i" * 256 + b'"}',
+    b'{"cs-user-agent": "\\u0000\\u00e9\\ud83d\\ude00\\/\\"", "cs-referer": "\\ud800"}', b'{"a": NaN}', b'{"a": 1,}',
+    b'{"cs-host": "h"}\r', b' {"cs-host": "h"} ', b'{"cs-host": "\x7f\xc3\xa9"}', b'{"cs-host": "\xed\xa0\x80"}',
+    b'{"a": {"b": {"c": {"d": 1}}}, "cs-host": "deep"}', b'{"a": [[[1]]], "cs-host": "deep"}', b"{}",
+]  # fmt: skip
+
+
+def test_json_edge_lines_agree(tmp_path: Path) -> None:
+    """Hand-picked JSON lines at each rule of the fast path (keys, types, times, statuses, nesting): identical."""
+    path = tmp_path / "edges.jsonl"
+    path.write_bytes(b"\n".join([JSON_PROBE, *JSON_EDGE_LINES]) + b"\n")
+    assert len(assert_same([path], tmp_path / "out.parquet")) > len(JSON_EDGE_LINES) // 2
