@@ -2,41 +2,61 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from feint import __version__
-from feint.backup.cli import backup_app
-from feint.camouflage.cli import camouflage_app
-from feint.credits.cli import credits_app
 from feint.errors import ConfigError, FeintError
+from feint.platform import SERVICES, WORKERS_MAX, migrations, tls
 from feint.platform import keys as keys_mod
-from feint.platform import migrations, tls
 from feint.platform.db import connect_sync
 from feint.platform.secrets import derive, load_master_key
-from feint.platform.serve import (
-    SERVICES,
-    WORKERS_MAX,
-    platform_for,
-    resolve_database,
-    service_app,
-    service_port,
-    uvicorn_server,
-)
 from feint.platform.telemetry import configure_logging
 from feint.settings import Settings, get_settings
-from feint.shadow.canary.cli import rollout_app
-from feint.shadow.cli import shadow_app
-from feint.shadow.rules_cli import rules_app
+
+if TYPE_CHECKING:  # typer vendors its own click: these are the types its groups take
+    from typer._click.core import Command, Context
+
+# Each domain's commands, imported when the command line names them: `feint shadow ingest`
+# does not pay for the credits server stack or FastAPI (about a second of start-up otherwise).
+LAZY_GROUPS: dict[str, tuple[str, str]] = {
+    "credits": ("feint.credits.cli", "credits_app"),
+    "backup": ("feint.backup.cli", "backup_app"),
+    "rules": ("feint.shadow.rules_cli", "rules_app"),
+    "shadow": ("feint.shadow.cli", "shadow_app"),
+    "camouflage": ("feint.camouflage.cli", "camouflage_app"),
+    "rollout": ("feint.shadow.canary.cli", "rollout_app"),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: the domains' sub-groups are built on first use (listed in help as usual)."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_GROUPS if n not in self.commands)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in LAZY_GROUPS:
+            return found
+        module, attr = LAZY_GROUPS[cmd_name]
+        sub: typer.Typer = getattr(importlib.import_module(module), attr)
+        command = typer.main.get_command(sub)
+        command.name = cmd_name
+        self.add_command(command, cmd_name)
+        return command
+
 
 app = typer.Typer(
     name="feint",
@@ -44,15 +64,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_LazyGroup,
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-app.add_typer(credits_app, name="credits")
-app.add_typer(backup_app, name="backup")
-app.add_typer(rules_app, name="rules")
-app.add_typer(shadow_app, name="shadow")
-app.add_typer(camouflage_app, name="camouflage")
-app.add_typer(rollout_app, name="rollout")
 
 err = Console(stderr=True)
 out = Console()
@@ -91,6 +106,8 @@ def migrate(
     settings = _settings()
 
     def body() -> None:
+        from feint.platform.serve import resolve_database
+
         db = resolve_database(settings)
         try:
             done = migrations.migrate(db.migration_url, target=target)
@@ -120,6 +137,8 @@ def up() -> None:
     begun = time.perf_counter()
 
     def body() -> None:
+        from feint.platform.serve import platform_for, service_app, service_port, uvicorn_server
+
         with platform_for(settings) as (platform, target):
             servers = [service_app(name, platform) for name in SERVICES]
             uv: list[Servable] = [
@@ -175,10 +194,14 @@ def serve(
         Servable,
         default_workers,
         exit_with_supervisor,
+        platform_for,
         reuse_port_socket,
         run_loop,
         run_workers,
         serve_all,
+        service_app,
+        service_port,
+        uvicorn_server,
     )
 
     if name not in SERVICES:
@@ -229,6 +252,8 @@ def serve(
 @app.command()
 def status() -> None:
     """Show which services and which database answer."""
+    from feint.platform.serve import service_port
+
     settings = _settings()
     table = Table(show_header=True)
     table.add_column("component")
@@ -273,6 +298,8 @@ def _hide_password(url: str) -> str:
 
 
 def _with_keys_db(settings: Settings, fn: Callable[[Any, keys_mod.KeyHasher], T]) -> T:
+    from feint.platform.serve import resolve_database
+
     target = resolve_database(settings)
     try:
         migrations.migrate(target.migration_url)

@@ -27,7 +27,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from feint.platform import embedded, migrations, tls
+from feint.platform import SERVICES, WORKERS_MAX, embedded, migrations, tls
 from feint.platform.db import connect_sync
 from feint.platform.runtime import Platform, build
 from feint.settings import Settings
@@ -36,8 +36,6 @@ EMBEDDED_DATABASE = "feint"
 GRACEFUL_SHUTDOWN_SECONDS = 10
 log = structlog.get_logger(component="feint.serve")
 
-SERVICES = ("credits", "shadow", "camouflage")
-WORKERS_MAX = 64
 # A worker that has not exited this long after SIGTERM (its own drain is GRACEFUL_SHUTDOWN_SECONDS)
 # is killed.
 WORKER_STOP_SECONDS_MAX = GRACEFUL_SHUTDOWN_SECONDS + 5
