@@ -69,6 +69,31 @@ def split(raw_files: list[Path]) -> dict[str, float]:
     return {bucket: counts[bucket] / total for bucket in BUCKETS}
 
 
+def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, float]]:
+    """The functions with the most samples, as (frame, inclusive share, self share) of busy samples."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for path in raw_files:
+        for line in path.read_text().splitlines():
+            stack, _, number = line.rpartition(" ")
+            if not stack or not number.isdigit():
+                continue
+            frames = [
+                f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 2)[-1] if " (" in f else f
+                for f in stack.split(";")
+                if not f.startswith(("process ", "thread "))
+            ]
+            samples = int(number)
+            total += samples
+            for frame in set(frames):
+                inclusive[frame] += samples
+            if frames:
+                own[frames[-1]] += samples
+    total = total or 1
+    return [(frame, n / total, own[frame] / total) for frame, n in inclusive.most_common(count)]
+
+
 def py_spy() -> str | None:
     found = Path(sys.executable).parent / "py-spy"
     return str(found) if found.exists() else shutil.which("py-spy")
