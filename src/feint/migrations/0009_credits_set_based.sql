@@ -81,6 +81,7 @@ DECLARE
     failed_at integer;
     set_based boolean;
     static_ok boolean;
+    operations_json bytea;
     a_debited numeric[];  -- per account: its debits in all (set-based)
     failures integer := 0;
     i integer; j integer; k integer; d integer; c integer;
@@ -266,7 +267,9 @@ BEGIN
                array_agg('{"amount":' || o.amount || ',"at":"' || moment_iso || '","credit":"' || o.credit
                          || '","credit_balance":' || o.cb || ',"debit":"' || o.debit || '","debit_balance":'
                          || o.db || ',"grant":null,"hold":null,"id":"' || o.id
-                         || '","kind":"transfer","metadata":"' || encode(sha256(o.metadata), 'hex')
+                         || '","kind":"transfer","metadata":"'
+                         || CASE WHEN o.metadata = '\x7b7d' THEN '44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'
+                                 ELSE encode(sha256(o.metadata), 'hex') END  -- sha256('{}'), the usual metadata
                          || '","op":"transfer"}' ORDER BY o.n),
                CASE WHEN render THEN
                    array_agg('{"id":"' || o.id || '","kind":"transfer","debit_account_id":"' || o.debit
@@ -516,20 +519,21 @@ BEGIN
         response = excluded.response, created_at = excluded.created_at, expires_at = excluded.expires_at;
 
     -- one audit entry per tenant, the chain head updated last (as feint.credits.store.ledger does)
-    FOR tenant_key, records IN
-        SELECT u.t, array_agg(u.r ORDER BY u.n) FROM unnest(p_tenant, r_record) WITH ORDINALITY AS u(t, r, n)
+    -- (each tenant's leaves and operations in one pass over the records: 0009)
+    FOR tenant_key, leaves, operations_json IN
+        SELECT u.t, array_agg(sha256('\x00'::bytea || convert_to(u.r, 'UTF8')) ORDER BY u.n),
+               convert_to('[' || string_agg(u.r, ',' ORDER BY u.n) || ']', 'UTF8')
+          FROM unnest(p_tenant, r_record) WITH ORDINALITY AS u(t, r, n)
          WHERE u.r IS NOT NULL GROUP BY u.t ORDER BY u.t
     LOOP
-        SELECT array_agg(sha256('\x00'::bytea || convert_to(x.r, 'UTF8')) ORDER BY x.n) INTO leaves
-          FROM unnest(records) WITH ORDINALITY AS x(r, n);
-        entry := convert_to('{"at":"' || moment_iso || '","batch":"' || batch || '","count":' || cardinality(records)
+        entry := convert_to('{"at":"' || moment_iso || '","batch":"' || batch || '","count":' || cardinality(leaves)
                             || ',"root":"' || encode(credit_merkle_root(leaves), 'hex') || '","tenant":"' || tenant_key
                             || '","v":1}', 'UTF8');
         WITH head AS (
             UPDATE credit_audit_heads h SET seq = h.seq + 1, hash = sha256(h.hash || entry)
              WHERE h.tenant_id = tenant_key RETURNING h.seq, h.hash)
         INSERT INTO credit_audit (tenant_id, seq, batch_id, hash, body, operations)
-        SELECT tenant_key, head.seq, batch, head.hash, entry, convert_to('[' || array_to_string(records, ',') || ']', 'UTF8')
+        SELECT tenant_key, head.seq, batch, head.hash, entry, operations_json
           FROM head;
     END LOOP;
 
