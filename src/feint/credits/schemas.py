@@ -438,13 +438,44 @@ class AccountsOut(BaseModel):
 
 
 class BatchResult(BaseModel):
-    index: int
-    status: int
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    index: int = Field(description="Position of the operation in the request's `operations`, from 0.")
+    status: int = Field(description="The status the operation alone would have had: 201/200, or the error's.")
+    result: dict[str, Any] | None = Field(
+        None, description="A success (only with `results: all`): what the single route answers, e.g. the transfer."
+    )
+    error: dict[str, Any] | None = Field(
+        None,
+        description="A failure: the problem document's members (`type`, `title`, `status`, `detail` and the "
+        "error's own, e.g. `account_id` and `available`), as the single route answers it.",
+    )
 
 
 class BatchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "mode": "independent",
+                    "operations": 8190,
+                    "failed": 1,
+                    "results": [
+                        {
+                            "index": 17,
+                            "status": 409,
+                            "error": {
+                                "type": "/problems/insufficient-funds",
+                                "title": "Insufficient funds",
+                                "status": 409,
+                                "detail": f"account {ACCOUNT_ID} has 3 available, 5 needed",
+                                "account_id": ACCOUNT_ID,
+                                "available": 3,
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     mode: str
     operations: int = Field(description="Operations in the request.")
     failed: int = Field(description="Operations that failed (an atomic batch that fails answers with an error).")
