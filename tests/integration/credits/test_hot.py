@@ -127,3 +127,23 @@ async def test_plain_transfer_batches_take_the_columns_path_and_answer_as_fastap
     assert (refused.status_code, refused.json()["type"]) == (403, "/problems/forbidden")
     report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
     assert (report["ok"], report["problems"]) == (True, [])
+
+
+async def test_a_plain_batch_meeting_an_expired_hold_is_posted_by_the_rules(ledger: Ledger) -> None:
+    """The columns are made into operations only when the database sends the batch to the Python
+    rules (a pending hold past its timeout): the hold is settled first and the batch answers."""
+    a, b = await ledger.account(), await ledger.account()
+    await ledger.grant(a["id"], 10)
+    hold = {"debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 8, "timeout_seconds": 60}
+    held = (await ledger.client.post("/v1/holds", json=hold, headers=ledger.write)).json()["id"]
+    async with ledger.platform.db.connection() as conn:  # let it expire without waiting
+        await conn.execute("UPDATE credit_holds SET expires_at = now() - interval '1 second' WHERE id = %s", (held,))
+    ops = [{"op": "transfer", "debit_account_id": a["id"], "credit_account_id": b["id"], "amount": 9}]
+    answered = hot("/v1/batches", "answered")
+    r = await ledger.client.post("/v1/batches", json={"operations": ops, "results": "all"}, headers=ledger.write)
+    assert hot("/v1/batches", "answered") == answered + 1
+    [result] = r.json()["results"]
+    assert (result["status"], result["result"]["debit_balance"]) == (201, 1)
+    assert (await ledger.client.get(f"/v1/holds/{held}", headers=ledger.read)).json()["state"] == "expired"
+    report = (await ledger.client.get("/v1/audit/verify", headers=ledger.admin)).json()
+    assert (report["ok"], report["problems"]) == (True, [])
