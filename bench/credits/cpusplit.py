@@ -70,7 +70,9 @@ def split(raw_files: list[Path]) -> dict[str, float]:
 
 
 def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, float]]:
-    """The functions with the most samples, as (frame, inclusive share, self share) of busy samples."""
+    """The Feint and library functions with the most samples, as (frame, inclusive share, self share) of
+    busy samples; frames found in nearly every sample (the process's entry points, the event loop) are
+    left out, they say nothing."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
@@ -79,11 +81,7 @@ def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, flo
             stack, _, number = line.rpartition(" ")
             if not stack or not number.isdigit():
                 continue
-            frames = [
-                f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 2)[-1] if " (" in f else f
-                for f in stack.split(";")
-                if not f.startswith(("process ", "thread "))
-            ]
+            frames = [_short(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
             samples = int(number)
             total += samples
             for frame in set(frames):
@@ -91,7 +89,14 @@ def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, flo
             if frames:
                 own[frames[-1]] += samples
     total = total or 1
-    return [(frame, n / total, own[frame] / total) for frame, n in inclusive.most_common(count)]
+    shown = [(frame, n / total, own[frame] / total) for frame, n in inclusive.most_common() if n / total < 0.9]
+    return shown[:count]
+
+
+def _short(frame: str) -> str:
+    """``name (path/to/file.py:12)`` as ``name (folder/file.py)``."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({'/'.join(where.split(':')[0].split('/')[-2:])})" if where else name
 
 
 def py_spy() -> str | None:

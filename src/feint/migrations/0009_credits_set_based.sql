@@ -206,9 +206,14 @@ BEGIN
     -- operation order (a window), and if no debit leg takes a no_overdraft account below its limit
     -- and no leg leaves the signed 64-bit range, every transfer posts, with exactly the balances the
     -- loop below would give it (that loop decides one transfer at a time; it still runs whenever
-    -- something could fail). `feint.credits_set_based`: `off` forces the loop, `require` raises FE003
-    -- where the loop would be needed (both for tests).
-    set_based := coalesce(current_setting('feint.credits_set_based', true), '') <> 'off'
+    -- something could fail), and for calls of fewer than 64 operations (micro-batches), where the
+    -- set statements' fixed cost is more than the loop's. `feint.credits_set_based` (for tests): `off`
+    -- forces the loop, `on` takes the set-based path at any size, `require` too and raises FE003 where
+    -- the loop would be needed.
+    set_based := CASE coalesce(current_setting('feint.credits_set_based', true), '')
+                     WHEN 'off' THEN false
+                     WHEN '' THEN n_ops >= 64  -- below, the loop is cheaper (measured: 12 per call, -13% server CPU)
+                     ELSE true END
                  AND NOT EXISTS (SELECT 1 FROM unnest(p_supplied) AS s WHERE s)
                  AND NOT EXISTS (SELECT 1 FROM unnest(j_answer) AS x WHERE x IS NOT NULL);
     set_based := set_based AND static_ok;
