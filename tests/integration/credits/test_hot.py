@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
+from feint.credits.models import PostTransfer, TransferColumns
 from tests.integration.credits.conftest import Ledger, new_id
 
 pytestmark = pytest.mark.integration
@@ -83,10 +84,18 @@ async def test_unusual_input_goes_to_fastapi(ledger: Ledger) -> None:
     assert (not_uuid.status_code, not_uuid.json()["errors"][0]["field"]) == (422, "path.id")
 
 
-async def test_plain_transfer_batches_take_the_columns_path_and_answer_as_fastapi_does(ledger: Ledger) -> None:
+async def test_plain_transfer_batches_take_the_columns_path_and_answer_as_fastapi_does(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same batch sent plain (hot path, columns) and spelled otherwise (FastAPI, models) answers
     the same, shares its Idempotency-Key's request hash, and leaves the same balances and a
-    verifying audit chain; a batch with a grant or a client id still goes to FastAPI."""
+    verifying audit chain; a batch with a grant or a client id still goes to FastAPI. The columns
+    are never made into operations on the way (only the Python rules would need them)."""
+
+    def never(self: TransferColumns) -> list[PostTransfer]:
+        raise AssertionError("a plain batch was made into operation objects")
+
+    monkeypatch.setattr(TransferColumns, "operations", never)
     a, b, c = await ledger.account(), await ledger.account(), await ledger.account()
     elsewhere = await ledger.account(code="other-code")
     await ledger.grant(a["id"], 100)
