@@ -69,6 +69,36 @@ def split(raw_files: list[Path]) -> dict[str, float]:
     return {bucket: counts[bucket] / total for bucket in BUCKETS}
 
 
+def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, float]]:
+    """The Feint and library functions with the most samples, as (frame, inclusive share, self share) of
+    busy samples; frames found in nearly every sample (the process's entry points, the event loop) are
+    left out, they say nothing."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for path in raw_files:
+        for line in path.read_text().splitlines():
+            stack, _, number = line.rpartition(" ")
+            if not stack or not number.isdigit():
+                continue
+            frames = [_short(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+            samples = int(number)
+            total += samples
+            for frame in set(frames):
+                inclusive[frame] += samples
+            if frames:
+                own[frames[-1]] += samples
+    total = total or 1
+    shown = [(frame, n / total, own[frame] / total) for frame, n in inclusive.most_common() if n / total < 0.9]
+    return shown[:count]
+
+
+def _short(frame: str) -> str:
+    """``name (path/to/file.py:12)`` as ``name (folder/file.py)``."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({'/'.join(where.split(':')[0].split('/')[-2:])})" if where else name
+
+
 def py_spy() -> str | None:
     found = Path(sys.executable).parent / "py-spy"
     return str(found) if found.exists() else shutil.which("py-spy")

@@ -27,6 +27,7 @@ from feint.credits.models import (
     Operation,
     PaymentMethod,
     Transfer,
+    TransferColumns,
 )
 from feint.errors import InvariantViolated, ValidationFailed
 
@@ -151,6 +152,10 @@ def validate_batch(operations: Sequence[Operation], *, tenant_id: UUID) -> None:
             f"a batch holds 1 to {BATCH_OPERATIONS_MAX} operations, not {len(operations)}",
             errors=[{"field": "body.operations", "problem": f"1 to {BATCH_OPERATIONS_MAX} operations"}],
         )
+    if isinstance(operations, TransferColumns):  # one tenant by construction; not made into objects
+        if operations.tenant_id != tenant_id:
+            raise InvariantViolated("the operations belong to another tenant")
+        return
     for index, op in enumerate(operations):
         if op.tenant_id != tenant_id:
             raise InvariantViolated(f"operation {index} belongs to another tenant")

@@ -1,12 +1,17 @@
-"""The hot routes, dispatched by hand before FastAPI: single transfer, hold, capture, void, balance.
+"""The hot routes, dispatched by hand before FastAPI: single transfer, hold, capture, void, balance,
+and batches of plain transfers.
 
-These five routes carry nearly all of the traffic. FastAPI still declares them (the OpenAPI
+These routes carry nearly all of the traffic. FastAPI still declares them (the OpenAPI
 document is unchanged, and a test compares it), but a request that matches one exactly is
 answered here, inside the platform middleware (request id, limits, timeout, metrics, problem+json
 all still apply), without routing through every route's regex, without per-request dependency
 resolution and without FastAPI's body handling: the body is decoded with orjson and validated by
 the model's pydantic-core validator directly, then `authenticate` (the one implementation behind
 ``scope()``) and the service run as the FastAPI view would.
+
+A batch is answered here only when it is plain transfers (`schemas.plain_transfer_batch`: no
+client ids, canonical ids, valid amounts): then it is never made into models or domain objects,
+but posted as columns (`models.TransferColumns`) by one call of the database's function.
 
 Anything unusual goes to FastAPI untouched, so its answers stay the reference: a body that does
 not decode or validate (FastAPI then names the fields exactly as before), a content type other
@@ -19,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -30,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from feint.credits import schemas
 from feint.credits.engine import Idempotency
 from feint.credits.errors import TenantRequired
+from feint.credits.models import TransferColumns
 from feint.credits.service import Credits, Reply, service_of
 from feint.errors import FeintError
 from feint.platform.keys import Scope as KeyScope
@@ -60,6 +66,7 @@ _HOLDS = _Route("/v1/holds")
 _CAPTURE = _Route("/v1/holds/{id}/capture")
 _VOID = _Route("/v1/holds/{id}/void")
 _ACCOUNT = _Route("/v1/accounts/{id}")
+_BATCHES = _Route("/v1/batches")
 
 
 @dataclass
@@ -153,6 +160,24 @@ class HotRoutes:
         op = schemas.VoidOp(op="void", hold_id=_required(hold_id)).to_domain(_tenant(ctx))
         return await self.service.one(op, idempotency=self.idempotency(ctx, request, None))
 
+    async def batch(self, request: _Request, _: UUID | None) -> Reply:
+        """A batch of plain transfers (`schemas.plain_transfer_batch`) as columns; any other batch: FastAPI."""
+        data = _decode_json(request)
+        plain = schemas.plain_transfer_batch(data)
+        if plain is None:
+            raise _Fallback
+        ctx = await self.context(request, "write")
+        tenant_id = _tenant(ctx)
+        idempotency = None
+        if ctx.idempotency_key is not None:
+            key = self.service.request_key
+            digest = schemas.request_hash_of(request.scope["method"], request.scope["path"], data, key=key)
+            idempotency = Idempotency(ctx.idempotency_key, digest)
+        columns = TransferColumns(tenant_id, plain.debits, plain.credits, plain.amounts, plain.metadata)
+        return await self.service.batch(
+            columns, tenant_id=tenant_id, mode=plain.mode, idempotency=idempotency, everything=plain.everything
+        )
+
     async def account(self, request: _Request, account_id: UUID | None) -> bytes:
         ctx = await self.context(request, "read")
         return await self.service.account(tenant_id=_tenant(ctx), account_id=_required(account_id))
@@ -160,6 +185,7 @@ class HotRoutes:
 
 _POSTS: dict[str, tuple[_Route, Handler]] = {
     "/v1/transfers": (_TRANSFERS, HotRoutes.transfer),
+    "/v1/batches": (_BATCHES, HotRoutes.batch),
     "/v1/holds": (_HOLDS, HotRoutes.hold),
 }
 _HOLD_ACTIONS: dict[str, tuple[_Route, Handler]] = {
@@ -188,13 +214,20 @@ def _match(scope: Scope) -> tuple[_Route, Handler, UUID | None] | None:
 
 
 def _decode(request: _Request, model: type[M]) -> M:
+    data = _decode_json(request)
+    try:
+        return model.__pydantic_validator__.validate_python(data)  # type: ignore[no-any-return]
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise _Fallback from exc
+
+
+def _decode_json(request: _Request) -> Any:
     content_type = request.headers.get(b"content-type")
     if content_type is not None and not _is_json(content_type):
         raise _Fallback
     try:
-        data = orjson.loads(request.body)
-        return model.__pydantic_validator__.validate_python(data)  # type: ignore[no-any-return]
-    except (orjson.JSONDecodeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return orjson.loads(request.body)
+    except orjson.JSONDecodeError as exc:
         raise _Fallback from exc
 
 

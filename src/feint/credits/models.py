@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import overload
 from uuid import UUID
 
 AMOUNT_MAX = 2**63 - 1
@@ -255,6 +257,51 @@ class RecordPaymentMethod:
     brand: str
     fingerprint: bytes
     sealed: bytes
+
+
+class TransferColumns(Sequence[PostTransfer]):
+    """A batch of transfers kept as columns (the batch endpoint's fast path; see `credits.fast`).
+
+    The ids are canonical lowercase UUID strings, the amounts validated ints; no operation has a
+    client id, so the database draws the transfers' ids. Posted by the database in one call
+    (`posting.run`), it is never turned into objects; only the rules in Python (a fallback) read
+    it as `PostTransfer` operations, made once, with fresh ids, when first asked for."""
+
+    __slots__ = ("_ops", "amounts", "credits", "debits", "metadata", "tenant_id")
+
+    def __init__(
+        self, tenant_id: UUID, debits: list[str], credits: list[str], amounts: list[int], metadata: list[bytes] | None
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.debits = debits
+        self.credits = credits
+        self.amounts = amounts
+        self.metadata = metadata  # None: every operation's is b"{}"
+        self._ops: list[PostTransfer] | None = None
+
+    def __len__(self) -> int:
+        return len(self.amounts)
+
+    @overload
+    def __getitem__(self, index: int) -> PostTransfer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[PostTransfer]: ...
+
+    def __getitem__(self, index: int | slice) -> PostTransfer | list[PostTransfer]:
+        return self.operations()[index]
+
+    def __iter__(self) -> Iterator[PostTransfer]:
+        return iter(self.operations())
+
+    def operations(self) -> list[PostTransfer]:
+        if self._ops is None:
+            metadata = self.metadata or [b"{}"] * len(self.amounts)
+            self._ops = [
+                PostTransfer(self.tenant_id, uuid.uuid4(), UUID(debit), UUID(credit), amount, meta)
+                for debit, credit, amount, meta in zip(self.debits, self.credits, self.amounts, metadata, strict=True)
+            ]
+        return self._ops
 
 
 Operation = (

@@ -25,7 +25,7 @@ from feint.credits.book import Book
 from feint.credits.cache import WRITE_THROUGH_ANSWERS_MAX
 from feint.credits.errors import error_from_stored
 from feint.credits.jobs import Committed, Job, Outcome, Rendered
-from feint.credits.models import Account, AccountKey, AccountKind, Grant, PostTransfer
+from feint.credits.models import Account, AccountKey, AccountKind, Grant, PostTransfer, TransferColumns
 from feint.credits.store import ledger, transfers
 from feint.credits.store.ledger import Loaded
 from feint.errors import IdempotencyKeyReused, InvariantViolated
@@ -53,6 +53,8 @@ class Tally:
 def eligible(jobs: Sequence[Job]) -> bool:
     if not jobs or (len(jobs) > 1 and any(j.batch for j in jobs)):
         return False
+    if len(jobs) == 1 and jobs[0].batch and isinstance(jobs[0].operations, TransferColumns):
+        return True
     keys = set()
     for job in jobs:
         if not job.batch and len(job.operations) != 1:
@@ -69,6 +71,8 @@ def eligible(jobs: Sequence[Job]) -> bool:
 
 async def run(db: Database, jobs: Sequence[Job], *, retention_seconds: int) -> tuple[Committed, Tally]:
     """Commit ``jobs`` (all `eligible`) in one call; raises `Fallback`, or what the database raised."""
+    if len(jobs) == 1 and isinstance(jobs[0].operations, TransferColumns):
+        return await _run_columns(db, jobs[0], jobs[0].operations, retention_seconds=retention_seconds)
     ops: list[PostTransfer] = []
     job_of: list[int] = []
     previous: list[int | None] = []
@@ -108,11 +112,45 @@ async def run(db: Database, jobs: Sequence[Job], *, retention_seconds: int) -> t
                 accounts_max=WRITE_THROUGH_ANSWERS_MAX,
             )
         except psycopg.Error as exc:
-            if exc.sqlstate == transfers.FALLBACK_SQLSTATE:
-                raise Fallback(str(exc)) from exc
-            if exc.sqlstate == transfers.INVARIANT_SQLSTATE:
-                raise InvariantViolated(f"the database refused a change: {exc.diag.message_primary}") from exc
+            _refused(exc)
             raise
+    return _committed(jobs, posted)
+
+
+async def _run_columns(
+    db: Database, job: Job, columns: TransferColumns, *, retention_seconds: int
+) -> tuple[Committed, Tally]:
+    locks, key = [], transfers.JobKey(job.tenant_id, None, None)
+    if job.idempotency is not None:
+        locks.append(ledger.advisory_key("idempotency", job.tenant_id, job.idempotency.key))
+        key = transfers.JobKey(job.tenant_id, job.idempotency.key, job.idempotency.request_hash)
+    async with db.connection() as conn:
+        try:
+            posted = await transfers.post_columns(
+                conn,
+                locks=locks,
+                columns=columns,
+                job=key,
+                mode=job.mode.value,
+                everything=job.everything,
+                retention_seconds=retention_seconds,
+                accounts_max=WRITE_THROUGH_ANSWERS_MAX,
+            )
+        except psycopg.Error as exc:
+            _refused(exc)
+            raise
+    return _committed([job], posted)
+
+
+def _refused(exc: psycopg.Error) -> None:
+    """The call's own refusals as the engine's exceptions (anything else is re-raised as it is)."""
+    if exc.sqlstate == transfers.FALLBACK_SQLSTATE:
+        raise Fallback(str(exc)) from exc
+    if exc.sqlstate == transfers.INVARIANT_SQLSTATE:
+        raise InvariantViolated(f"the database refused a change: {exc.diag.message_primary}") from exc
+
+
+def _committed(jobs: Sequence[Job], posted: transfers.Posted) -> tuple[Committed, Tally]:
     tally = Tally()
     outcomes = [_outcome(job, answer, tally) for job, answer in zip(jobs, posted.answers, strict=True)]
     book, next_hold = _book(posted)
@@ -150,6 +188,12 @@ def _book(posted: transfers.Posted) -> tuple[Book, dict[AccountKey, datetime]]:
     next_hold: dict[AccountKey, datetime] = {}
     for row in posted.accounts:
         tenant_id, account_id, kind, code, no_overdraft, limit, metadata, posted_, pending, holds, version = row[:11]
+        if kind is None:  # a version only: all a tombstone reads (thousands of these after a large batch)
+            account = Account(
+                tenant_id, account_id, AccountKind.CUSTOMER, "", False, None, b"{}", 0, 0, 0, version, posted.now
+            )
+            book.accounts[account.key] = book.changed_accounts[account.key] = account
+            continue
         created_at, next_expiry = row[11:13]
         account = Account(
             tenant_id=tenant_id,

@@ -14,6 +14,7 @@ import hmac
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -437,13 +438,44 @@ class AccountsOut(BaseModel):
 
 
 class BatchResult(BaseModel):
-    index: int
-    status: int
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    index: int = Field(description="Position of the operation in the request's `operations`, from 0.")
+    status: int = Field(description="The status the operation alone would have had: 201/200, or the error's.")
+    result: dict[str, Any] | None = Field(
+        None, description="A success (only with `results: all`): what the single route answers, e.g. the transfer."
+    )
+    error: dict[str, Any] | None = Field(
+        None,
+        description="A failure: the problem document's members (`type`, `title`, `status`, `detail` and the "
+        "error's own, e.g. `account_id` and `available`), as the single route answers it.",
+    )
 
 
 class BatchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "mode": "independent",
+                    "operations": 8190,
+                    "failed": 1,
+                    "results": [
+                        {
+                            "index": 17,
+                            "status": 409,
+                            "error": {
+                                "type": "/problems/insufficient-funds",
+                                "title": "Insufficient funds",
+                                "status": 409,
+                                "detail": f"account {ACCOUNT_ID} has 3 available, 5 needed",
+                                "account_id": ACCOUNT_ID,
+                                "available": 3,
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     mode: str
     operations: int = Field(description="Operations in the request.")
     failed: int = Field(description="Operations that failed (an atomic batch that fails answers with an error).")
@@ -596,9 +628,83 @@ def request_hash(method: str, path: str, body: BaseModel | None, *, key: bytes) 
     """What makes two requests "the same" for an Idempotency-Key: method, path and the body as
     canonical JSON (the fields the client sent, after validation). Keyed (HMAC-SHA-256), since a
     body may hold a card number and a plain hash of one is brute-forced in minutes."""
-    payload = {
-        "method": method,
-        "path": path,
-        "body": None if body is None else body.model_dump(mode="json", exclude_unset=True),
-    }
+    return request_hash_of(
+        method, path, None if body is None else body.model_dump(mode="json", exclude_unset=True), key=key
+    )
+
+
+def request_hash_of(method: str, path: str, body: Any, *, key: bytes) -> bytes:
+    """`request_hash` of a body already in its validated JSON form (what ``model_dump`` gives)."""
+    payload = {"method": method, "path": path, "body": body}
     return hmac.new(key, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), hashlib.sha256).digest()
+
+
+# --- the batch endpoint's fast path -----------------------------------------------------------
+
+_UUID_TEXT = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID_LIST = re.compile(f"{_UUID_TEXT}(?:,{_UUID_TEXT})*")
+_BATCH_KEYS = frozenset({"mode", "operations", "results"})
+_TRANSFER_KEYS = frozenset({"op", "debit_account_id", "credit_account_id", "amount", "metadata"})
+_MODES = {"atomic": BatchMode.ATOMIC, "independent": BatchMode.INDEPENDENT}
+
+
+@dataclass(frozen=True, slots=True)
+class PlainBatch:
+    """A batch of transfers without client ids, as columns (see `plain_transfer_batch`)."""
+
+    mode: BatchMode
+    everything: bool
+    debits: list[str]
+    credits: list[str]
+    amounts: list[int]
+    metadata: list[bytes] | None  # None: no operation carries any
+
+
+def plain_transfer_batch(data: Any) -> PlainBatch | None:
+    """The body of ``POST /v1/batches`` (decoded JSON) as columns when it is the common case that
+    `BatchIn` would accept as it is: only ``transfer`` operations, no client ``id``, account ids as
+    canonical lowercase UUIDs, amounts JSON integers 1 to 2**63-1, metadata objects that pass
+    `BatchIn`'s checks. Anything else (another operation, an id, another spelling of a UUID, any
+    invalid field) is None: `BatchIn` then decides, and its answers (422 naming the field) stay the
+    reference. Per operation this is a handful of dict look-ups instead of a model, a UUID object
+    and a domain object; the UUIDs are checked by one regular expression over all of them."""
+    if type(data) is not dict or not data.keys() <= _BATCH_KEYS:
+        return None
+    mode = _MODES.get(data.get("mode", "atomic")) if type(data.get("mode", "atomic")) is str else None
+    results = data.get("results", "failures")
+    operations = data.get("operations")
+    if mode is None or results not in ("failures", "all") or type(results) is not str:
+        return None
+    if type(operations) is not list or not 0 < len(operations) <= BATCH_OPERATIONS_MAX:
+        return None
+    debits: list[str] = []
+    credits: list[str] = []
+    amounts: list[int] = []
+    metadata: list[bytes] | None = None
+    for index, op in enumerate(operations):
+        if type(op) is not dict or op.get("op") != "transfer" or not op.keys() <= _TRANSFER_KEYS:
+            return None
+        debit, credit, amount = op.get("debit_account_id"), op.get("credit_account_id"), op.get("amount")
+        if type(debit) is not str or type(credit) is not str or type(amount) is not int or not 0 < amount <= AMOUNT_MAX:
+            return None
+        debits.append(debit)
+        credits.append(credit)
+        amounts.append(amount)
+        if "metadata" in op:
+            value = op["metadata"]
+            if type(value) is not dict:
+                return None
+            if value:
+                try:
+                    _check_metadata(value)
+                except ValueError:
+                    return None
+                if metadata is None:
+                    metadata = [b"{}"] * index
+            if metadata is not None:
+                metadata.append(canonical_metadata(value))
+        elif metadata is not None:
+            metadata.append(b"{}")
+    if _UUID_LIST.fullmatch(",".join(debits)) is None or _UUID_LIST.fullmatch(",".join(credits)) is None:
+        return None
+    return PlainBatch(mode, results == "all", debits, credits, amounts, metadata)

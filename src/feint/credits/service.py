@@ -47,6 +47,7 @@ from feint.credits.models import (
     PaymentMethod,
     RecordPaymentMethod,
     Transfer,
+    TransferColumns,
 )
 from feint.credits.payments import CardDetails, associated_data, brand, fingerprint, seal, unseal_json
 from feint.credits.store import reads
@@ -283,7 +284,7 @@ class Credits:
         book_rules.validate_batch(ops, tenant_id=tenant_id)
         job = Job(
             tenant_id=tenant_id,
-            operations=list(ops),
+            operations=ops if isinstance(ops, TransferColumns) else list(ops),  # columns stay columns
             mode=mode,
             render=_render_batch(mode, everything=everything),
             idempotency=idempotency,

@@ -1,4 +1,5 @@
-"""The credits OpenAPI document is the one recorded before the hot routes were dispatched by hand."""
+"""The credits OpenAPI document is the recorded one: the hand-dispatched hot routes change nothing in it
+(re-recorded when the batch answer's schema was documented: field descriptions and an example)."""
 
 from __future__ import annotations
 

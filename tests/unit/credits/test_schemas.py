@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from feint.credits import schemas
 from feint.credits.errors import InsufficientFunds
-from feint.credits.models import AMOUNT_MAX, METADATA_BYTES_MAX, Balance, BatchMode, HoldState
+from feint.credits.models import AMOUNT_MAX, BATCH_OPERATIONS_MAX, METADATA_BYTES_MAX, Balance, BatchMode, HoldState
 from tests.unit.credits.helpers import NOW, TENANT, account, grant
 
 pytestmark = pytest.mark.unit
@@ -181,3 +181,62 @@ def test_metadata_errors_name_the_place_inside_metadata() -> None:
     assert "metadata.order.lines[1]: integer outside the signed 64-bit range" in str(caught.value)
     ok = schemas.AccountIn.model_validate({"code": "x", "metadata": {"a": 2**63 - 1, "b": -(2**63), "c": "é"}})
     assert ok.metadata["a"] == 2**63 - 1
+
+
+def _op(**fields: Any) -> dict[str, Any]:
+    return {"op": "transfer", "debit_account_id": A, "credit_account_id": B, "amount": 5, **fields}
+
+
+_PLAIN_BODIES = [
+    {"operations": [_op()]},
+    {"mode": "independent", "operations": [_op(), _op(amount=AMOUNT_MAX)], "results": "all"},
+    {"mode": "atomic", "operations": [_op(metadata={}), _op(metadata={"z": [1, 2.5, None], "a": {"b": "é"}}), _op()]},
+    {"operations": [_op(), _op(metadata={"n": 1})], "results": "failures"},
+]
+_NOT_PLAIN = [
+    [],
+    {"operations": []},
+    {"operations": [_op(id=A)]},  # a client id: the general path
+    {"operations": [_op(amount=0)]},
+    {"operations": [_op(amount=True)]},
+    {"operations": [_op(amount=1.0)]},
+    {"operations": [_op(amount=AMOUNT_MAX + 1)]},
+    {"operations": [_op(debit_account_id=A.upper())]},  # valid, but another spelling: BatchIn decides
+    {"operations": [_op(credit_account_id=A.replace("-", ""))]},
+    {"operations": [_op(credit_account_id="not-a-uuid")]},
+    {"operations": [_op(metadata=None)]},
+    {"operations": [_op(metadata={"deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {}}}}}}}}})]},
+    {"operations": [_op(extra=1)]},
+    {"operations": [{"op": "void", "hold_id": A}]},
+    {"operations": [_op()], "mode": "both"},
+    {"operations": [_op()], "results": "some"},
+    {"operations": [_op()], "other": 1},
+]
+
+
+@pytest.mark.parametrize("body", _PLAIN_BODIES)
+def test_plain_batches_are_read_as_batch_in_reads_them(body: dict[str, Any]) -> None:
+    """The fast path's columns, mode, results and request hash are BatchIn's, field for field."""
+    plain = schemas.plain_transfer_batch(body)
+    model = schemas.BatchIn.model_validate(body)
+    assert plain is not None
+    ops = model.to_domain(uuid.uuid4())
+    assert (plain.mode, plain.everything) == (model.mode, model.results == "all")
+    assert plain.debits == [str(op.debit_account_id) for op in ops]  # type: ignore[union-attr]
+    assert plain.credits == [str(op.credit_account_id) for op in ops]  # type: ignore[union-attr]
+    assert plain.amounts == [op.amount for op in ops]  # type: ignore[union-attr]
+    assert (plain.metadata or [b"{}"] * len(ops)) == [op.metadata for op in ops]  # type: ignore[union-attr]
+    key = b"k" * 32
+    assert schemas.request_hash_of("POST", "/v1/batches", body, key=key) == schemas.request_hash(
+        "POST", "/v1/batches", model, key=key
+    )
+
+
+@pytest.mark.parametrize("body", _NOT_PLAIN)
+def test_anything_else_is_left_to_batch_in(body: Any) -> None:
+    assert schemas.plain_transfer_batch(body) is None
+
+
+def test_a_batch_of_the_largest_size_is_plain_and_one_more_is_not() -> None:
+    assert schemas.plain_transfer_batch({"operations": [_op()] * BATCH_OPERATIONS_MAX}) is not None
+    assert schemas.plain_transfer_batch({"operations": [_op()] * (BATCH_OPERATIONS_MAX + 1)}) is None
