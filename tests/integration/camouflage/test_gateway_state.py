@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -17,11 +18,19 @@ from feint.shadow.record import RequestRecord
 pytestmark = pytest.mark.integration
 
 
-async def test_redis_windows_shared_by_replicas(redis_url: str, redis_prefix: str) -> None:
-    """What one replica records about a client, another reads."""
+@pytest.fixture
+async def replicas(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisClients, RedisClients]]:
+    """Two gateway replicas' window stores on one Redis, each with its own connection."""
     first = RedisBackend(redis_url, prefix=redis_prefix)
     second = RedisBackend(redis_url, prefix=redis_prefix)
-    a, b = RedisClients(first), RedisClients(second)
+    yield RedisClients(first), RedisClients(second)
+    await first.close()
+    await second.close()
+
+
+async def test_redis_windows_shared_by_replicas(replicas: tuple[RedisClients, RedisClients]) -> None:
+    """What one replica records about a client, another reads."""
+    a, b = replicas
     key = uuid.uuid4().hex
     window = await a.get(key)
     for n in range(10):
@@ -32,8 +41,50 @@ async def test_redis_windows_shared_by_replicas(redis_url: str, redis_prefix: st
     seen = await b.get(key)
     assert seen.answers == 10 and len(seen.missing) == 10
     assert {r.signal for r in threat.behaviour(seen, now=110.0)} == {"errors", "breadth"}
-    await first.close()
-    await second.close()
+
+
+async def test_replica_keeps_its_own_window_until_another_writes(
+    replicas: tuple[RedisClients, RedisClients],
+) -> None:
+    """A replica decodes a window only when Redis holds a value it did not write or read itself."""
+    a, b = replicas
+    key = uuid.uuid4().hex
+    window = await a.get(key)
+    for n in range(600):  # a full window: 512 events kept
+        window.mark(100.0 + n / 100, f"client-{n % 7}", diverted=n % 5 == 0)
+    a.put(key, window)
+    await a.drain()
+    assert await a.get(key) is window and a.decoded == 0
+    # Another replica reads it (decodes), adds a request and writes: the first decodes that.
+    theirs = await b.get(key)
+    assert b.decoded == 1 and theirs.flagged == window.flagged
+    theirs.mark(200.0, "client-x", diverted=True)
+    b.put(key, theirs)
+    await b.drain()
+    seen = await a.get(key)
+    assert a.decoded == 1 and seen is not window
+    assert seen.flagged.get("client-x") == 1 and len(seen.events) == threat.WINDOW_EVENTS_MAX
+    # ... and then keeps that one while nobody else writes.
+    assert await a.get(key) is seen and a.decoded == 1
+
+
+def test_window_codec_reads_the_previous_format() -> None:
+    """Windows written by the json module (before orjson) decode to the same counters."""
+    import json
+
+    window = threat.ClientWindow(decoy_paths=2, honeytokens=1)
+    for n in range(40):
+        window.seen(10.0 + n, f"/p{n % 9}")
+        window.answered(f"/p{n % 9}", 404 if n % 3 else 200)
+    window.carry(30.0, [("rule-a", 0.5)])
+    old = json.dumps(
+        {"e": list(window.events), "c": list(window.carried), "d": 2, "h": 1}, separators=(",", ":")
+    ).encode()
+    for raw in (old, window.to_json()):
+        back = threat.ClientWindow.from_json(raw)
+        assert list(back.events) == list(window.events) and list(back.carried) == list(window.carried)
+        assert (back.answers, back.errors, back.missing) == (window.answers, window.errors, window.missing)
+        assert (back.decoy_paths, back.honeytokens) == (2, 1)
 
 
 def test_memory_clients_bounded() -> None:

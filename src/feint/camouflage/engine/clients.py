@@ -6,11 +6,18 @@ bounded number of writes in flight; beyond, the write is skipped and counted), k
 window. Two replicas answering one client at the same instant may each miss the other's last
 event: the window is evidence, not a ledger. When Redis fails (circuit open) the process falls
 back to its own LRU until Redis answers again.
+
+Decoding a full window is most of the gateway's work for a busy client or address (512 events:
+~150 us, against ~25 us for the rest of a judgement), so a replica remembers a digest of the last
+value it wrote or read for each key: while Redis still holds that value (no other replica wrote
+since), the replica's own window object is used as it is, the same object the in-process store
+would give.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import OrderedDict
 from typing import Final, Protocol
 
@@ -61,6 +68,10 @@ class MemoryClients:
             self._windows.move_to_end(key)
         return window
 
+    def peek(self, key: str) -> ClientWindow | None:
+        """The window of ``key`` if this process holds it (no new entry, no LRU change)."""
+        return self._windows.get(key)
+
     def put(self, key: str, window: ClientWindow) -> None:
         self._windows[key] = window
         self._windows.move_to_end(key)
@@ -75,6 +86,16 @@ class RedisClients:
         self.cache = cache
         self.fallback = MemoryClients(entries_max=entries_max)
         self._writes: set[asyncio.Task[None]] = set()
+        # key -> digest of the value this replica last wrote or read (bounded like `fallback`)
+        self._digests: OrderedDict[str, bytes] = OrderedDict()
+        self.entries_max = entries_max
+        self.decoded = 0  # windows decoded from Redis (another replica wrote them, or first sight)
+
+    def _remember(self, key: str, raw: bytes) -> None:
+        self._digests[key] = hashlib.blake2b(raw, digest_size=16).digest()
+        self._digests.move_to_end(key)
+        if len(self._digests) > self.entries_max:
+            self._digests.popitem(last=False)
 
     async def get(self, key: str) -> ClientWindow:
         try:
@@ -82,14 +103,27 @@ class RedisClients:
         except DependencyUnavailable:
             CLIENT_STATE_SKIPPED.labels("read").inc()
             return self.fallback.local(key)
-        return ClientWindow() if raw is None else ClientWindow.from_json(raw)
+        if raw is None:
+            return ClientWindow()
+        mine = self.fallback.peek(key)
+        if mine is not None and self._digests.get(key) == hashlib.blake2b(raw, digest_size=16).digest():
+            return mine
+        window = ClientWindow.from_json(raw)
+        self.decoded += 1
+        self.fallback.put(key, window)
+        self._remember(key, raw)
+        return window
 
     def put(self, key: str, window: ClientWindow) -> None:
         self.fallback.put(key, window)
+        raw = window.to_json()
         if len(self._writes) >= REDIS_WRITES_IN_FLIGHT_MAX:
+            # Redis keeps an older value: forget ours, so the next read decodes what Redis has.
+            self._digests.pop(key, None)
             CLIENT_STATE_SKIPPED.labels("write").inc()
             return
-        task = asyncio.get_running_loop().create_task(self._write(key, window.to_json()))
+        self._remember(key, raw)
+        task = asyncio.get_running_loop().create_task(self._write(key, raw))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -97,6 +131,7 @@ class RedisClients:
         try:
             await self.cache.set(KEY_PREFIX + key, raw, ttl_seconds=2 * WINDOW_SECONDS)
         except DependencyUnavailable:
+            self._digests.pop(key, None)
             CLIENT_STATE_SKIPPED.labels("write").inc()
 
     async def drain(self) -> None:

@@ -29,6 +29,8 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import unquote, unquote_plus
 
+import orjson
+
 from feint.camouflage.decoy.contract import Problem, Request
 from feint.errors import InvariantViolated
 from feint.shadow.record import RequestRecord, clean_text, request_line_of, split_target
@@ -209,17 +211,20 @@ class ClientWindow:
             self.carried.append((now, key, weight))
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"e": list(self.events), "c": list(self.carried), "d": self.decoy_paths, "h": self.honeytokens},
-            separators=(",", ":"),
-        ).encode()
+        return orjson.dumps(
+            {"e": list(self.events), "c": list(self.carried), "d": self.decoy_paths, "h": self.honeytokens}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> ClientWindow:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         window = cls(decoy_paths=int(data["d"]), honeytokens=int(data["h"]))
-        for t, p, s in data["e"][-WINDOW_EVENTS_MAX:]:
-            window._append((float(t), str(p), int(s)))
+        events = [(float(t), str(p), int(s)) for t, p, s in data["e"][-WINDOW_EVENTS_MAX:]]
+        window.events.extend(events)
+        count = window._count
+        for _, path, status in events:
+            if status:  # unanswered events (0) count for nothing
+                count(path, status, 1)
         window.carried.extend((float(t), str(k), float(w)) for t, k, w in data["c"][-CARRIED_HITS_MAX:])
         return window
 
