@@ -421,6 +421,15 @@ async def production(db: Database, *, tenant_id: uuid.UUID, ref: str) -> Version
         return await _detail(conn, tenant_id=tenant_id, ruleset=ruleset, version=version)
 
 
+async def production_version(db: Database, *, tenant_id: uuid.UUID, ref: str) -> store.VersionRow:
+    """The version in production without its documents and rules: enough for a poll's ETag."""
+    async with db.connection() as conn:
+        ruleset = await _ruleset(conn, tenant_id=tenant_id, ref=ref)
+        if ruleset.production is None:
+            raise NoProductionVersion(ruleset=ruleset.name)
+        return await _version(conn, tenant_id=tenant_id, ruleset=ruleset, number=ruleset.production)
+
+
 async def transition(
     db: Database, *, tenant_id: uuid.UUID, ref: str, number: int, to: State, reason: str, actor: str
 ) -> store.VersionRow:

@@ -178,8 +178,8 @@ class ProductionOut(VersionDetailOut):
     etag: str = Field(description="The ETag of this answer; send it as If-None-Match to poll cheaply.")
 
     @staticmethod
-    def etag_of(detail: VersionDetail) -> str:
-        return f'"{detail.version.number}.{detail.version.content_hash}"'
+    def etag_of(version: store.VersionRow) -> str:
+        return f'"{version.number}.{version.content_hash}"'
 
     @classmethod
     def of_production(cls, detail: VersionDetail, *, etag: str) -> ProductionOut:

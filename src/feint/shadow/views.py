@@ -223,12 +223,17 @@ async def history(
 async def production(
     request: Request, response: Response, ref: str = Ref, ctx: RequestContext = Depends(scope("read"))
 ) -> Any:
-    detail = await repository.production(ctx.platform.db, tenant_id=await _tenant(ctx), ref=ref)
-    etag = ProductionOut.etag_of(detail)
-    headers = {"etag": etag, "cache-control": "no-cache"}
-    if _etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    response.headers.update(headers)
+    tenant_id = await _tenant(ctx)
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        # A poll: the version's number and hash decide; its rules are read only when they changed.
+        current = await repository.production_version(ctx.platform.db, tenant_id=tenant_id, ref=ref)
+        etag = ProductionOut.etag_of(current)
+        if _etag_matches(if_none_match, etag):
+            return Response(status_code=304, headers={"etag": etag, "cache-control": "no-cache"})
+    detail = await repository.production(ctx.platform.db, tenant_id=tenant_id, ref=ref)
+    etag = ProductionOut.etag_of(detail.version)
+    response.headers.update({"etag": etag, "cache-control": "no-cache"})
     return ProductionOut.of_production(detail, etag=etag)
 
 

@@ -390,6 +390,8 @@ async def test_production_etag_and_304(shadow: httpx.AsyncClient, keys: Keys) ->
     await shadow.post("/v1/rulesets", json={"name": "empty"}, headers=admin)
     none = await shadow.get("/v1/rulesets/empty/production", headers=admin)
     assert none.status_code == 404 and none.json()["type"] == "/problems/no-production-version"
+    polled = await shadow.get("/v1/rulesets/empty/production", headers={**admin, "if-none-match": etag})
+    assert polled.status_code == 404 and polled.json()["type"] == "/problems/no-production-version"
 
 
 async def test_history_pages_newest_first(shadow: httpx.AsyncClient, keys: Keys) -> None:
