@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests import audit_deps as audit
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _audit() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("audit_deps", REPO / "tests" / "audit_deps.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["audit_deps"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-audit = _audit()
 VULN = {"id": "GHSA-xxxx", "aliases": ["CVE-2099-1"], "fixed_in": ["2.0"]}
 
 
