@@ -79,6 +79,11 @@ class MemoryClients:
             self._windows.popitem(last=False)
 
 
+def _digest(raw: bytes) -> bytes:
+    """What a replica remembers of a window's value: enough to tell whether Redis still holds it."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
 class RedisClients:
     """Windows shared by replicas through the platform's Redis cache."""
 
@@ -91,8 +96,8 @@ class RedisClients:
         self.entries_max = entries_max
         self.decoded = 0  # windows decoded from Redis (another replica wrote them, or first sight)
 
-    def _remember(self, key: str, raw: bytes) -> None:
-        self._digests[key] = hashlib.blake2b(raw, digest_size=16).digest()
+    def _remember(self, key: str, digest: bytes) -> None:
+        self._digests[key] = digest
         self._digests.move_to_end(key)
         if len(self._digests) > self.entries_max:
             self._digests.popitem(last=False)
@@ -105,24 +110,25 @@ class RedisClients:
             return self.fallback.local(key)
         if raw is None:
             return ClientWindow()
+        digest = _digest(raw)
         mine = self.fallback.peek(key)
-        if mine is not None and self._digests.get(key) == hashlib.blake2b(raw, digest_size=16).digest():
+        if mine is not None and self._digests.get(key) == digest:
             return mine
         window = ClientWindow.from_json(raw)
         self.decoded += 1
         self.fallback.put(key, window)
-        self._remember(key, raw)
+        self._remember(key, digest)
         return window
 
     def put(self, key: str, window: ClientWindow) -> None:
         self.fallback.put(key, window)
-        raw = window.to_json()
         if len(self._writes) >= REDIS_WRITES_IN_FLIGHT_MAX:
             # Redis keeps an older value: forget ours, so the next read decodes what Redis has.
             self._digests.pop(key, None)
             CLIENT_STATE_SKIPPED.labels("write").inc()
             return
-        self._remember(key, raw)
+        raw = window.to_json()
+        self._remember(key, _digest(raw))
         task = asyncio.get_running_loop().create_task(self._write(key, raw))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
