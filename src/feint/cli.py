@@ -183,7 +183,9 @@ def serve(
             help="Processes serving the port (default: the number of cores with FEINT_REDIS_URL, else 1).",
         ),
     ] = None,
-    reuse_port: Annotated[bool, typer.Option(hidden=True, help="Internal: a worker of a supervisor.")] = False,
+    supervisor: Annotated[
+        int | None, typer.Option(hidden=True, help="Internal: pid of the supervisor this worker serves under.")
+    ] = None,
     gateway_port: Annotated[
         int | None, typer.Option(help="camouflage: port of the gateway (default: FEINT_GATEWAY_PORT).")
     ] = None,
@@ -220,6 +222,9 @@ def serve(
         )
         raise typer.Exit(2)
     chosen = port or service_port(settings, name)
+    reuse_port = supervisor is not None
+    if supervisor is not None:
+        exit_with_supervisor(supervisor)  # first: a supervisor killed while this one starts is noticed too
 
     def body() -> None:
         if count > 1:
@@ -231,8 +236,6 @@ def serve(
             servers: list[Servable] = [uvicorn_server(service_app(name, platform), settings=settings, port=chosen)]
             # A supervisor's worker listens on its own SO_REUSEPORT socket of the shared port.
             sockets = [reuse_port_socket(settings.host, chosen)] if reuse_port else None
-            if reuse_port:
-                exit_with_supervisor()
             if name == "camouflage":
                 from feint.camouflage.listener import GatewayListener
 

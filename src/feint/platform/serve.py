@@ -242,7 +242,10 @@ def run_workers(name: str, *, settings: Settings, port: int, workers: int) -> in
     with migrated_database(settings) as target, reuse_port_socket(settings.host, port) as holder:
         bound = int(holder.getsockname()[1])
         env = {**os.environ, "FEINT_DATABASE_URL": target.url}
-        command = [sys.executable, "-m", "feint", "serve", name, "--port", str(bound), "--workers", "1", "--reuse-port"]
+        command = [
+            *(sys.executable, "-m", "feint", "serve", name, "--port", str(bound), "--workers", "1"),
+            *("--supervisor", str(os.getpid())),
+        ]
         # Our own interpreter and module with a validated service name: nothing from outside.
         procs = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603
         stopping = False
@@ -263,13 +266,15 @@ def run_workers(name: str, *, settings: Settings, port: int, workers: int) -> in
         return 0 if stopping and code == 0 else 1
 
 
-def exit_with_supervisor() -> None:
-    """Make this worker stop when its supervisor is gone, ``kill -9`` included.
+def exit_with_supervisor(supervisor: int) -> None:
+    """Make this worker stop when its supervisor (pid ``supervisor``) is gone, ``kill -9`` included.
 
     Without it the worker would be reparented and go on serving the port alone, outside any
-    supervision. Polls the parent pid (`SUPERVISOR_CHECK_SECONDS`) and sends itself SIGTERM,
-    which drains in-flight requests like any stop."""
-    supervisor = os.getppid()
+    supervision. The supervisor passes its pid on the command line and the worker calls this
+    first, before any startup work: reading ``os.getppid()`` later would miss a supervisor killed
+    while the worker was still starting (it would read the pid of its new parent). Polls the
+    parent pid (`SUPERVISOR_CHECK_SECONDS`) and sends itself SIGTERM, which drains in-flight
+    requests like any stop (or ends the process before its handlers are installed)."""
 
     def watch() -> None:
         while os.getppid() == supervisor:

@@ -117,3 +117,27 @@ def test_workers_without_redis_refused(clean_db: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "FEINT_REDIS_URL" in result.stderr
+
+
+def test_worker_whose_supervisor_died_before_it_started_stops(
+    clean_db: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A worker told a supervisor pid that is not its parent (the supervisor died while it was
+    starting, so it was reparented) stops instead of serving unsupervised: the race CI hit when
+    the supervisor was killed before the second worker had finished starting."""
+    env = service_env(clean_db, tmp_path, FEINT_REDIS_URL=redis_url, FEINT_REDIS_KEY_PREFIX=redis_prefix)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs: the worker's parent is this test, never it
+    port = free_port()
+    command = [sys.executable, "-m", "feint", "serve", "credits", "--port", str(port), "--workers", "1"]
+    result = subprocess.run(
+        [*command, "--supervisor", str(gone.pid)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_SECONDS_MAX,
+        check=False,
+    )
+    assert result.returncode in (0, -signal.SIGTERM), result.stderr[-2000:]
+    assert "supervisor_gone" in result.stdout + result.stderr
+    assert not _healthy(port)
