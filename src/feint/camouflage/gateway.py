@@ -290,8 +290,7 @@ class Gateway:
         if loaded is None:  # pragma: no cover - refresh always loads at least the starter rules
             raise InvariantViolated("the gateway has no rules loaded")
         record = threat.record_of(request, request_id=str(uuid.uuid4()), client_ip=client_ip)
-        window = await self.clients.get(key)
-        address = await self.clients.get(ADDRESS_PREFIX + client_ip)
+        window, address = await self.clients.get_many(key, ADDRESS_PREFIX + client_ip)
         window.seen(now, record.cs_uri_stem or "")
         if self.honeytokens is not None:
             window.honeytokens += self.honeytokens(request, client_ip, key)

@@ -67,7 +67,7 @@ def tls_context(platform: Platform) -> ssl.SSLContext | None:
 
 
 def client_store(platform: Platform) -> ClientStore:
-    return RedisClients(platform.cache) if platform.redis is not None else MemoryClients()
+    return RedisClients(platform.redis) if platform.redis is not None else MemoryClients()
 
 
 @dataclass
@@ -179,6 +179,7 @@ class GatewayListener:
             while not self.should_exit:  # noqa: ASYNC110 - serve_all sets a flag, as it does for uvicorn
                 await asyncio.sleep(EXIT_POLL_SECONDS)
             await listening.stop(grace_seconds=DRAIN_SECONDS)
+            await gateway.clients.drain()  # the client windows still to be written (Redis)
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:

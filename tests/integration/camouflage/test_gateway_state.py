@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from feint.camouflage.engine import threat
-from feint.camouflage.engine.clients import MemoryClients, RedisClients
+from feint.camouflage.engine.clients import CLIENT_STATE_SKIPPED, MemoryClients, RedisClients
 from feint.camouflage.engine.decisions import DECISIONS_DROPPED, Decision, DecisionLog
 from feint.platform.cache import RedisBackend
 from feint.shadow.record import RequestRecord
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def replicas(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisClients, RedisClients]]:
-    """Two gateway replicas' window stores on one Redis, each with its own connection."""
+    """Two gateway replicas' window stores on one Redis, each with its own connection; they share
+    at once (no delay before a write, every read asks Redis), so that the tests decide the order."""
     first = RedisBackend(redis_url, prefix=redis_prefix)
     second = RedisBackend(redis_url, prefix=redis_prefix)
-    yield RedisClients(first), RedisClients(second)
+    yield RedisClients(first, share_seconds=0.0), RedisClients(second, share_seconds=0.0)
     await first.close()
     await second.close()
 
@@ -66,6 +68,92 @@ async def test_replica_keeps_its_own_window_until_another_writes(
     assert seen.flagged.get("client-x") == 1 and len(seen.events) == threat.WINDOW_EVENTS_MAX
     # ... and then keeps that one while nobody else writes.
     assert await a.get(key) is seen and a.decoded == 1
+
+
+async def test_writes_gathered_and_reads_spared_within_the_share_delay(redis_url: str, redis_prefix: str) -> None:
+    """Many requests of one client within the share delay: its windows are read from Redis once and
+    written once, with all of the requests; until then the other replica sees none of them. After
+    the delay, the replica asks Redis again and sees the other's write."""
+    first, second = RedisBackend(redis_url, prefix=redis_prefix), RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        a, b = RedisClients(first, share_seconds=3_600.0), RedisClients(second, share_seconds=0.0)
+        key, address = uuid.uuid4().hex, "address:" + uuid.uuid4().hex
+        for n in range(50):
+            window, by_address = await a.get_many(key, address)
+            window.seen(100.0 + n, f"/p{n}")
+            by_address.mark(100.0 + n, key, diverted=False)
+            a.put(key, window)
+            a.put(address, by_address)
+        assert a.written == 0 and len(window.events) == 50  # nothing sent yet, nothing lost locally
+        assert a.asked == 1  # the first request asked; the next 49 used the windows it had confirmed
+        assert len((await b.get(key)).events) == 0
+        await a.drain()
+        assert a.written == 2  # one write per window, not 50
+        seen, seen_address = await b.get_many(key, address)
+        assert len(seen.events) == 50 and len(seen_address.events) == 50
+        seen.seen(200.0, "/from-b")
+        b.put(key, seen)
+        await b.drain()
+        assert await a.get(key) is window  # within the delay: a's own window, b's event not yet seen
+        a.share_seconds = 0.0
+        later = await a.get(key)
+        assert later is not window and len(later.events) == 51 and a.decoded == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_write_after_the_delay_without_drain(redis_url: str, redis_prefix: str) -> None:
+    """The gathered write goes out by itself after the delay (no drain), and another replica reads it."""
+    first, second = RedisBackend(redis_url, prefix=redis_prefix), RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        a, b = RedisClients(first, share_seconds=0.01), RedisClients(second, share_seconds=0.0)
+        key = uuid.uuid4().hex
+        window = await a.get(key)
+        window.seen(1.0, "/x")
+        a.put(key, window)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if a.written:
+                break
+        assert a.written == 1 and len((await b.get(key)).events) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_digest_that_outlived_its_window_reads_the_value(replicas: tuple[RedisClients, RedisClients]) -> None:
+    """Redis says "unchanged" but this replica no longer holds the window (evicted apart from its
+    digest): the value is read again, not replaced by an empty window."""
+    a, _ = replicas
+    key = uuid.uuid4().hex
+    window = await a.get(key)
+    for n in range(20):
+        window.seen(100.0 + n, f"/p{n}")
+    a.put(key, window)
+    await a.drain()
+    a.fallback._windows.clear()
+    back = await a.get(key)
+    assert len(back.events) == 20 and a.decoded == 1
+
+
+async def test_redis_down_serves_the_local_windows(redis_url: str, redis_prefix: str) -> None:
+    """Redis unreachable: reads fall back to this process's windows, failed writes are counted."""
+    backend = RedisBackend("redis://127.0.0.1:1/0", prefix=redis_prefix)
+    try:
+        store = RedisClients(backend)
+        key = uuid.uuid4().hex
+        before_read = CLIENT_STATE_SKIPPED.labels("read")._value.get()
+        before_write = CLIENT_STATE_SKIPPED.labels("write")._value.get()
+        window = await store.get(key)
+        window.seen(1.0, "/x")
+        store.put(key, window)
+        await store.drain()
+        assert (await store.get(key)) is window
+        assert CLIENT_STATE_SKIPPED.labels("read")._value.get() - before_read == 2
+        assert CLIENT_STATE_SKIPPED.labels("write")._value.get() - before_write == 1
+    finally:
+        await backend.close()
 
 
 def test_window_codec_reads_the_previous_format() -> None:
