@@ -264,7 +264,7 @@ async def begin_and_load(conn: Conn, plan: LoadPlan) -> Loaded:
         grants_cur = await conn.execute(
             """SELECT g.* FROM unnest(%b::uuid[], %b::uuid[]) AS w(tenant_id, account_id)
                JOIN credit_grants g ON g.tenant_id = w.tenant_id AND g.account_id = w.account_id
-               WHERE g.remaining > 0 OR g.held > 0""",
+               WHERE g.live""",
             customer_keys,
         )
         hold_tenants, hold_ids = _pairs(plan.holds)

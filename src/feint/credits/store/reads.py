@@ -46,7 +46,7 @@ async def account_snapshot(conn: Conn, *, tenant_id: UUID, account_id: UUID) -> 
     cur = await conn.execute(
         f"""SELECT a.*, c.now,
                (SELECT coalesce(jsonb_agg({_GRANT_JSON}), '[]'::jsonb) FROM credit_grants g
-                WHERE g.tenant_id = a.tenant_id AND g.account_id = a.id AND (g.remaining > 0 OR g.held > 0)) AS grants,
+                WHERE g.tenant_id = a.tenant_id AND g.account_id = a.id AND g.live) AS grants,
                (SELECT coalesce(jsonb_agg(to_jsonb(h) - 'metadata'), '[]'::jsonb) FROM credit_holds h
                 WHERE h.tenant_id = a.tenant_id AND h.debit_account_id = a.id AND h.state = 'pending'
                   AND h.expires_at <= c.now) AS expired_holds,
@@ -232,7 +232,7 @@ async def expired_grants(conn: Conn, *, limit: int) -> list[tuple[UUID, UUID, UU
     cur = await conn.execute(
         """SELECT g.tenant_id, g.id, g.account_id, a.code FROM credit_grants g
            JOIN credit_accounts a ON a.tenant_id = g.tenant_id AND a.id = g.account_id
-           WHERE g.remaining > 0 AND g.expires_at IS NOT NULL AND g.expires_at <= clock_timestamp()
+           WHERE g.live AND g.remaining > 0 AND g.expires_at IS NOT NULL AND g.expires_at <= clock_timestamp()
            ORDER BY g.expires_at LIMIT %s""",
         (limit,),
     )
