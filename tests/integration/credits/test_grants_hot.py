@@ -31,7 +31,7 @@ async def test_spending_from_a_grant_is_a_hot_update(ledger: Ledger, clean_db: s
     assert [g["remaining"] for g in balance["grants"]] == [7]
 
     with psycopg.connect(clean_db) as conn, conn.cursor() as cur:
-        # The ledger's own statement (store/ledger.py), on a grant that keeps credits: in place.
+        # The shape of the ledger's UPDATE (store/ledger.py), on a grant that keeps credits: in place.
         update = """UPDATE credit_grants g SET remaining = v.remaining, held = v.held
                     FROM (VALUES (%s::uuid, %s::bigint, %s::bigint)) AS v(id, remaining, held)
                     WHERE g.id = v.id"""
