@@ -89,8 +89,26 @@ def top(raw_files: list[Path], *, count: int = 15) -> list[tuple[str, float, flo
             if frames:
                 own[frames[-1]] += samples
     total = total or 1
-    shown = [(frame, n / total, own[frame] / total) for frame, n in inclusive.most_common() if n / total < 0.9]
+    shown = [
+        (frame, n / total, own[frame] / total)
+        for frame, n in inclusive.most_common()
+        if n / total < 0.9 and not frame.endswith(_ENTRY_FILES)
+    ]
     return shown[:count]
+
+
+# The process's entry points: in every busy sample of a worker, whatever it was doing.
+_ENTRY_FILES = (
+    "(<frozen runpy>)",
+    "(feint/__main__.py)",
+    "(feint/cli.py)",
+    "(platform/serve.py)",
+    "(_click/core.py)",
+    "(typer/main.py)",
+    "(typer/core.py)",
+    "(asyncio/runners.py)",
+    "(asyncio/base_events.py)",
+)
 
 
 def _short(frame: str) -> str:

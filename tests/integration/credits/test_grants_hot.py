@@ -45,7 +45,9 @@ async def test_spending_from_a_grant_is_a_hot_update(ledger: Ledger, clean_db: s
         cur.execute(update, (grant["id"], 0, 0))
         assert _hot_and_all(cur) == (2, 3)
         cur.execute("SELECT tenant_id FROM credit_grants WHERE id = %s", (grant["id"],))
-        (tenant,) = cur.fetchone() or (None,)
+        row = cur.fetchone()
+        assert row is not None and row[0] is not None
+        (tenant,) = row
         cur.execute("SET LOCAL enable_seqscan = off")
         cur.execute(
             "SELECT count(*) FROM credit_grants g WHERE g.tenant_id = %s AND g.account_id = %s AND g.live",

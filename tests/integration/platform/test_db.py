@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 
 import psycopg
 import pytest
@@ -11,7 +13,7 @@ from psycopg.rows import dict_row
 
 from feint.errors import Conflict, DependencyUnavailable, NotFound, ValidationFailed
 from feint.platform import keys, migrations
-from feint.platform.db import Database, connect_sync
+from feint.platform.db import POOL_TIMEOUT_SECONDS, Conn, Database, connect_sync
 from feint.platform.migrations import MigrationError
 from tests.conftest import _with_database
 
@@ -122,6 +124,50 @@ async def test_resolver_caches_and_sees_revocation(clean_db: str) -> None:
         assert await fresh.tenant_id("ghost") is None
         stats = db.pool_stats()
         assert stats["max"] == 2
+    finally:
+        await db.close()
+
+
+class _CountingDatabase(Database):
+    """The real pool, counting the connections taken from it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, role="feint_app", size_max=1)
+        self.taken = 0
+
+    def connection(self, *, timeout: float = POOL_TIMEOUT_SECONDS) -> AbstractAsyncContextManager[Conn]:
+        self.taken += 1
+        return super().connection(timeout=timeout)
+
+
+async def test_resolver_misses_for_one_key_share_one_lookup(clean_db: str) -> None:
+    """Requests that miss the cache together for one key wait for one query, and a caller that gives
+    up does not cancel that query for the others."""
+    hasher = keys.KeyHasher(b"k" * 32)
+    with psycopg.connect(clean_db, autocommit=True, row_factory=dict_row) as conn:
+        key, _ = keys.create_key(conn, hasher, tenant="acme", scope="read")
+        other, _ = keys.create_key(conn, hasher, tenant="acme", scope="write")
+    db = _CountingDatabase(clean_db)
+    await db.open()
+    try:
+        resolver = keys.KeyResolver(db, hasher, cache_seconds=60)
+        answers = await asyncio.gather(*(resolver.resolve(key) for _ in range(50)))
+        assert db.taken == 1
+        assert len(set(answers)) == 1 and answers[0] is not None and answers[0].scope == "read"
+
+        # The pool's only connection is held, so the lookup for `other` waits; its first caller gives up.
+        async with db.connection():
+            first = asyncio.create_task(resolver.resolve(other))
+            second = asyncio.create_task(resolver.resolve(other))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            await asyncio.sleep(0.05)
+            assert not second.done()
+        principal = await asyncio.wait_for(second, timeout=10)
+        assert principal is not None and principal.scope == "write"
+        assert first.cancelled()
+        assert db.taken == 3  # the held one and one lookup
+        assert await resolver.resolve(other) == principal and db.taken == 3  # cached now
     finally:
         await db.close()
 

@@ -1,8 +1,11 @@
-"""The workers' listening socket: shared port, no Nagle delay on the connections it accepts."""
+"""The workers' listening socket (shared port, no Nagle delay on the connections it accepts) and the
+heap a serving process starts with."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +30,30 @@ def test_reuse_port_socket_shares_the_port_and_sets_nodelay() -> None:
     finally:
         first.close()
         second.close()
+
+
+_SERVE_ONCE = """
+import asyncio, gc, uvicorn
+from feint.platform.serve import serve_all
+
+async def app(scope, receive, send):
+    raise RuntimeError("not called")
+
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="error"))
+before = gc.get_freeze_count()
+
+def ready():
+    print(before, gc.get_freeze_count(), flush=True)
+    server.should_exit = True
+
+asyncio.run(serve_all([server], on_ready=ready))
+"""
+
+
+def test_serving_starts_with_the_start_up_heap_frozen() -> None:
+    """Once its servers are up, a process's start-up objects are out of the collector's sight (a full
+    collection over them paused every request for up to ~110 ms under load)."""
+    done = subprocess.run([sys.executable, "-c", _SERVE_ONCE], capture_output=True, text=True, timeout=60, check=True)
+    before, after = (int(n) for n in done.stdout.split())
+    assert before == 0
+    assert after > 10_000  # modules, uvicorn, the app: tens of thousands of objects
